@@ -1,0 +1,92 @@
+"""Every field with its default. Other configs start from `get_config()` here and change a few.
+
+Run (a short SimCLR pretraining on the embedded digits data, then the linear probe):
+
+  python scripts/pretrain.py --config configs/default.py --workdir runs/default
+  python scripts/linear_eval.py --workdir runs/default
+
+Override any field from the command line, e.g. `--config.train.batch_size=128`; a field that
+does not exist here is refused (ml_collections raises, naming the key).
+"""
+
+import ml_collections
+
+from simclr_jax import augment
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 42
+
+  # --- data: a random-access source -> grain pipeline (simclr_jax/data) ------------------
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "digits"          # digits | npz
+  c.data.path = ""                  # npz: file path; '{split}' is replaced by the split name
+  c.data.train_split = "train"      # split used for pretraining (labels not needed)
+  c.data.eval_split = "test"        # split the linear probe reports on
+  c.data.image_size = 32            # side of the square crops the encoder sees
+  c.data.channels = 1               # input channels (1 magnetogram, 3 RGB, 12 Sentinel-2)
+  c.data.num_classes = 10           # for the online head and the probe; 0 = unlabelled
+  c.data.value_range = (0.0, 1.0)   # range of the decoded pixels (for augment / display)
+  c.data.workers = 0                # grain worker processes for decode (0 = in-process)
+  c.data.prefetch = 2               # batches prefetched ahead of the train step
+
+  # --- model: encoder + projection (+ online classifier on stop_gradient(h)) ------------
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "resnet18"     # resnet18|34|50|101|152|200
+  c.model.width_multiplier = 1.0
+  c.model.cifar_stem = True         # 3x3 stride-1 stem, no max-pool (small images)
+  c.model.hidden_mlp = 512          # projection hidden width
+  c.model.feat_dim = 128            # projection output z
+  c.model.proj_layers = 2           # 2 = SimCLR v1, 3 = SimCLR v2
+  c.model.dtype = "float32"         # float32 | bfloat16 (activations)
+  c.model.online_head = False       # train a classifier on stop_gradient(h) when labels exist
+  c.model.online_hidden = 128       # 0 = linear online head
+  c.model.online_dropout = 0.0
+
+  # --- loss -----------------------------------------------------------------------------
+  c.loss = ml_collections.ConfigDict()
+  c.loss.temperature = 0.5
+
+  # --- optimizer (simclr_jax/optim.py) ------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "lars"             # adam | adamw | sgd | lars
+  c.optim.learning_rate = 0.0       # > 0: absolute peak lr; else base_lr with lr_scaling
+  c.optim.base_lr = 0.3
+  c.optim.lr_scaling = "linear"     # linear: base_lr*B/256 | sqrt: base_lr*sqrt(B) | none
+  c.optim.weight_decay = 1e-6
+  c.optim.momentum = 0.9
+  c.optim.nesterov = False
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.trust_coefficient = 0.001
+  c.optim.warmup_epochs = 10.0
+  c.optim.schedule = "cosine"       # cosine | constant (after warm-up)
+  c.optim.end_lr_factor = 0.0
+
+  # --- augmentation (simclr_jax/augment.py; presets and fields documented there) ----------
+  # Every augment field exists (None = the preset's value), so any can be set from the
+  # command line. Digits are one channel: geometric and intensity ops only, no flips (a
+  # mirrored 2 is not a 2).
+  c.augment = augment.get_config("none", crop_scale=(0.2, 1.0), value_range=(0.0, 1.0))
+
+  # --- training loop --------------------------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 256          # global batch (all devices, all hosts)
+  c.train.epochs = 100
+  c.train.steps = 0                 # > 0 overrides epochs
+  c.train.num_devices = 0           # 0 = all (on a CPU-only host: one emulated device per core)
+  c.train.log_every = 10
+  c.train.checkpoint_every = 500
+  c.train.keep_checkpoints = 3
+
+  # --- linear evaluation (simclr_jax/evaluate.py) -------------------------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 256
+  c.eval.val_fraction = 0.2         # of the labelled train split, to pick the L2 strength
+  c.eval.c_grid = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse L2 strengths tried
+  c.eval.label_fractions = (1.0,)   # probe with these stratified fractions of the labels
+  c.eval.baselines = ()             # ('random_init', 'raw_pixels') to report references too
+  return c

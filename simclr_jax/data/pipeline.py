@@ -1,0 +1,67 @@
+"""grain pipelines: shuffle (reshuffled every epoch), per-process shard, decode, batch, prefetch.
+
+The pretraining stream is one infinite sequence: epoch e is a fresh permutation of the source
+(grain folds the epoch into the shuffle seed). Every element carries `id`, its position in
+that global sequence: the train step derives each sample's augmentation key from it, so a
+sample is augmented the same way whichever process, device or batch row it lands on (that is
+what makes N devices equal 1 device). Process p of P takes positions p, p+P, p+2P, ...: every
+process sees a disjoint slice of every epoch, and the P per-process batches of step s together
+are exactly positions [s*B, (s+1)*B) of the sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grain
+import numpy as np
+
+
+def _with_id(index: int, element: dict[str, Any]) -> dict[str, Any]:
+  return {**element, "id": np.int64(index)}
+
+
+def _as_float32(element: dict[str, Any]) -> dict[str, Any]:
+  return {**element, "image": np.asarray(element["image"], np.float32),
+          "label": np.int32(element["label"])}
+
+
+def pretrain_dataset(source, *, global_batch_size: int, seed: int, process_index: int = 0,
+                     process_count: int = 1, workers: int = 0, prefetch: int = 2):
+  """Infinite iterable of per-process batches {'image', 'label', 'id'} for pretraining.
+
+  Returns a grain IterDataset; `iter()` of it gives a checkpointable DatasetIterator.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f"train.batch_size={global_batch_size} is not divisible by the number of "
+                     f"processes ({process_count})")
+  if len(source) < global_batch_size:
+    raise ValueError(f"{source!r} has {len(source)} examples, fewer than one global batch of "
+                     f"{global_batch_size} (train.batch_size)")
+  ds = (grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat(None)                      # infinite; reseeds the shuffle each epoch
+        .map_with_index(_with_id)
+        [process_index::process_count]
+        .map(_as_float32)
+        .batch(global_batch_size // process_count, drop_remainder=True))
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+  if workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                           per_worker_buffer_size=prefetch))
+  return it_ds
+
+
+def eval_batches(source, batch_size: int):
+  """Every element once, in order, in batches (the last one padded): (images, labels, n_valid)."""
+  n = len(source)
+  for start in range(0, n, batch_size):
+    idx = range(start, min(start + batch_size, n))
+    images = np.stack([np.asarray(source[i]["image"], np.float32) for i in idx])
+    labels = np.asarray([source[i]["label"] for i in idx], np.int32)
+    valid = len(images)
+    if valid < batch_size:   # pad to a fixed shape: one compiled function for every batch
+      pad = batch_size - valid
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], np.float32)])
+      labels = np.concatenate([labels, np.full(pad, -1, np.int32)])
+    yield images, labels, valid

@@ -1,0 +1,98 @@
+"""SimCLR as one Flax module: encoder f (ResNet) + projection g (+ online classifier).
+
+Variable layout -- other code depends on it:
+  params['encoder']      the ResNet; linear evaluation restores only this subtree and applies
+                         it with `make_encoder(...)` built from the same config
+  params['projection']   the projection MLP (discarded after pretraining)
+  params['online_head']  only when num_classes > 0
+batch_stats follows the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from simclr_jax.models.heads import OnlineClassifier, ProjectionHead
+from simclr_jax.models.resnet import ResNet, get_backbone
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def make_encoder(backbone: str, width_multiplier: float = 1.0, cifar_stem: bool = False,
+                 bn_axis_name: str | None = None, dtype: Any = jnp.float32, **kwargs) -> ResNet:
+  """The encoder alone; apply it to {'params': params['encoder'], 'batch_stats': ...['encoder']}."""
+  return get_backbone(backbone, width_multiplier=width_multiplier, cifar_stem=cifar_stem,
+                      bn_axis_name=bn_axis_name, dtype=dtype, **kwargs)
+
+
+class SimCLRModel(nn.Module):
+  """__call__(x, train) -> dict(h, z[, logits]); all outputs float32 whatever the compute dtype."""
+
+  backbone: str = "resnet50"
+  width_multiplier: float = 1.0
+  cifar_stem: bool = False
+  hidden_mlp: int = 2048
+  feat_dim: int = 128
+  proj_layers: int = 2
+  num_classes: int = 0
+  online_hidden: int = 128
+  online_dropout: float = 0.2
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = make_encoder(self.backbone, self.width_multiplier, self.cifar_stem,
+                                self.bn_axis_name, self.dtype)
+    self.projection = ProjectionHead(self.hidden_mlp, self.feat_dim, self.proj_layers,
+                                     bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+    if self.num_classes > 0:
+      self.online_head = OnlineClassifier(self.num_classes, hidden=self.online_hidden,
+                                          dropout=self.online_dropout,
+                                          bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+
+  def __call__(self, x, train: bool):
+    h = self.encoder(x, train)
+    out = {"h": h, "z": self.projection(h, train)}
+    if self.num_classes > 0:
+      # stop_gradient: the online head measures the representation, it must not train it.
+      out["logits"] = self.online_head(jax.lax.stop_gradient(h), train)
+    # The loss and the probes run in float32 even when the network computes in bfloat16.
+    return {k: v.astype(jnp.float32) for k, v in out.items()}
+
+  def encode(self, x, train: bool = False):
+    """h only (model.apply(variables, x, method=SimCLRModel.encode))."""
+    return self.encoder(x, train).astype(jnp.float32)
+
+
+def _dtype(name: str):
+  if name not in _DTYPES:
+    raise ValueError(f"Unknown model dtype {name!r}; valid: {', '.join(_DTYPES)}.")
+  return _DTYPES[name]
+
+
+def encoder_from_config(model_cfg, bn_axis_name: str | None = None) -> ResNet:
+  """The encoder of `model_from_config(model_cfg, ...)`, for linear evaluation."""
+  return make_encoder(model_cfg.backbone, model_cfg.width_multiplier, model_cfg.cifar_stem,
+                      bn_axis_name, _dtype(model_cfg.dtype))
+
+
+def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = None) -> SimCLRModel:
+  """SimCLRModel from the config's `model` group; the online head exists iff online_head and
+  num_classes > 0 (unlabelled data has no classes to track)."""
+  return SimCLRModel(
+      backbone=model_cfg.backbone,
+      width_multiplier=model_cfg.width_multiplier,
+      cifar_stem=model_cfg.cifar_stem,
+      hidden_mlp=model_cfg.hidden_mlp,
+      feat_dim=model_cfg.feat_dim,
+      proj_layers=model_cfg.proj_layers,
+      num_classes=num_classes if model_cfg.online_head else 0,
+      online_hidden=model_cfg.online_hidden,
+      online_dropout=model_cfg.online_dropout,
+      bn_axis_name=bn_axis_name,
+      dtype=_dtype(model_cfg.dtype),
+  )

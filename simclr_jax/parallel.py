@@ -1,0 +1,84 @@
+"""Devices and shardings: one 1-D mesh with axis 'data' over every device of every process.
+
+The batch is sharded along 'data'; parameters and optimizer state are replicated. Code that
+needs collectives (global BatchNorm, NT-Xent with negatives from every device) runs under
+`jax.shard_map` on this mesh, so one code path serves 1 CPU, N GPUs, a TPU slice and many hosts.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def use_all_cpu_cores(num_devices: int | None = None) -> None:
+  """On a CPU-only host, emulate one XLA device per core (call before the first JAX operation).
+
+  One CPU device runs a convolution on ~1.6 cores only; sharding the batch over one device per
+  core nearly doubles throughput here (STACK.md trap 4). Accelerator backends are unaffected.
+  An explicit XLA_FLAGS device count or JAX_NUM_CPU_DEVICES set by the user wins.
+  """
+  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or os.environ.get("JAX_NUM_CPU_DEVICES")):
+    return
+  n = num_devices or os.cpu_count() or 1
+  try:
+    jax.config.update("jax_num_cpu_devices", n)
+  except RuntimeError:  # backends already initialised (e.g. inside tests): keep what exists
+    pass
+
+
+def make_mesh(num_devices: int = 0) -> Mesh:
+  """Mesh('data') over all devices (or the first `num_devices` of a single process).
+
+  Built from an explicit device array, not jax.make_mesh, whose Explicit axis types reject
+  the NT-Xent logits matmul (STACK.md trap 2).
+  """
+  devices = jax.devices()
+  if num_devices:
+    if jax.process_count() > 1:
+      raise ValueError("train.num_devices must be 0 (all devices) in a multi-process run")
+    if num_devices > len(devices):
+      raise ValueError(f"train.num_devices={num_devices} but only {len(devices)} devices exist")
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA))
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  """Refuse a global batch the device count does not divide, before anything compiles."""
+  n = mesh.devices.size
+  if global_batch_size % n:
+    raise ValueError(f"train.batch_size={global_batch_size} is not divisible by the number of "
+                     f"devices ({n}); use a multiple of {n}")
+
+
+def host_to_global(mesh: Mesh, local_batch):
+  """Process-local numpy batch (leading axis = this process's rows) -> global sharded arrays."""
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+
+
+def initialize_distributed(config=None) -> None:
+  """Multi-host start: `jax.distributed.initialize` when the run spans several processes.
+
+  Single-host runs (no coordinator configured, no cluster environment) do nothing.
+  """
+  coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if coordinator:
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+        process_id=int(os.environ["JAX_PROCESS_ID"]))

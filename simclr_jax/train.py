@@ -1,0 +1,214 @@
+"""SimCLR pretraining: TrainState, the data-parallel train step, and the loop around it.
+
+Where a run starts, decided in one place (`pretrain`): from the latest checkpoint in the
+workdir when there is one (resume is the default), else from scratch with `config.seed`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers
+from flax.training import train_state
+from jax.sharding import PartitionSpec as P
+
+from simclr_jax import augment, checkpoint, losses, optim, parallel
+from simclr_jax.data import pipeline, sources
+from simclr_jax.models import simclr as simclr_model
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any = None
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything a run derives from its config, built once (also used by linear evaluation)."""
+  config: Any
+  mesh: Any
+  model: Any
+  tx: Any
+  schedule: Any
+  steps_per_epoch: int
+  total_steps: int
+  num_classes: int
+
+
+def build(config, num_train_examples: int) -> Setup:
+  mesh = parallel.make_mesh(config.train.num_devices)
+  batch_size = config.train.batch_size
+  parallel.check_batch_size(batch_size, mesh)
+  steps_per_epoch = max(1, num_train_examples // batch_size)
+  total_steps = config.train.steps if config.train.steps > 0 else (
+      config.train.epochs * steps_per_epoch)
+  num_classes = config.data.num_classes if config.model.online_head else 0
+  model = simclr_model.model_from_config(config.model, num_classes=num_classes,
+                                         bn_axis_name=parallel.DATA)
+  tx, schedule = optim.make_optimizer(config.optim, batch_size, steps_per_epoch, total_steps)
+  return Setup(config, mesh, model, tx, schedule, steps_per_epoch, total_steps, num_classes)
+
+
+def init_state(setup: Setup, rng) -> TrainState:
+  """Initial state, replicated on the mesh. Init runs BatchNorm in inference mode, which needs
+  no mesh axis, so the same module (with bn_axis_name) serves init and the sharded step."""
+  c = setup.config.data
+  dummy = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
+
+  def _init(rng):
+    variables = setup.model.init({"params": rng, "dropout": rng}, dummy, train=False)
+    return TrainState.create(apply_fn=setup.model.apply, params=variables["params"],
+                             batch_stats=variables.get("batch_stats", {}), tx=setup.tx)
+
+  return jax.jit(_init, out_shardings=parallel.replicated(setup.mesh))(rng)
+
+
+def make_train_step(setup: Setup, augment_key):
+  """The jitted update `(state, batch) -> (state, metrics)`; `batch` is sharded on 'data'.
+
+  The per-device part (augment, forward, loss) runs under shard_map: BatchNorm averages its
+  statistics over 'data' and NT-Xent takes its negatives from every device, so N devices
+  compute the loss of the global batch. Gradients are taken outside shard_map, through it:
+  JAX transposes the all_gather and the replicated parameters' use, which sums each device's
+  contribution, and the result is the gradient of the global loss.
+  """
+  config, mesh, model = setup.config, setup.mesh, setup.model
+  view1, view2 = augment.make_augment(config.augment, config.data.channels,
+                                      config.data.image_size)
+  temperature = config.loss.temperature
+  num_classes = setup.num_classes
+  key1, key2 = jax.random.split(augment_key)
+
+  def per_device(params, batch_stats, images, ids, labels, dropout_key):
+    # Each sample's key depends only on its position in the data stream, not on the device.
+    k1 = jax.vmap(lambda i: jax.random.fold_in(key1, i))(ids)
+    k2 = jax.vmap(lambda i: jax.random.fold_in(key2, i))(ids)
+    x = jnp.concatenate([augment.augment_batch(view1, k1, images),
+                         augment.augment_batch(view2, k2, images)])
+    dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(parallel.DATA))
+    out, new_vars = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                mutable=["batch_stats"], rngs={"dropout": dropout_key})
+    z1, z2 = jnp.split(out["z"], 2)
+    loss, metrics = losses.nt_xent(z1, z2, temperature, axis_name=parallel.DATA)
+    metrics = dict(metrics, contrastive_loss=loss)
+    if num_classes:
+      # Online classifier on stop_gradient(h) (inside the model): a running probe of h.
+      labels2 = jnp.concatenate([labels, labels])
+      valid = labels2 >= 0
+      ce = optax.softmax_cross_entropy_with_integer_labels(out["logits"],
+                                                           jnp.maximum(labels2, 0))
+      correct = (jnp.argmax(out["logits"], -1) == labels2) & valid
+      count = jnp.maximum(jax.lax.psum(valid.sum(), parallel.DATA), 1)
+      online_loss = jax.lax.psum(jnp.where(valid, ce, 0.0).sum(), parallel.DATA) / count
+      metrics["online_loss"] = online_loss
+      metrics["online_accuracy"] = jax.lax.psum(correct.sum(), parallel.DATA) / count
+      loss = loss + online_loss
+    return loss, (metrics, new_vars["batch_stats"])
+
+  sharded = jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(P(), P(), P(parallel.DATA), P(parallel.DATA), P(parallel.DATA), P()),
+      out_specs=(P(), (P(), P())))
+
+  def train_step(state: TrainState, batch):
+    dropout_key = jax.random.fold_in(augment_key, state.step)
+
+    def loss_fn(params):
+      return sharded(params, state.batch_stats, batch["image"], batch["id"], batch["label"],
+                     dropout_key)
+
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              batch_stats=batch_stats)
+    metrics = dict(metrics, loss=loss, learning_rate=setup.schedule(state.step),
+                   l2_grads=optax.global_norm(grads), l2_params=optax.global_norm(params),
+                   l2_updates=optax.global_norm(updates))
+    return new_state, metrics
+
+  rep = parallel.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(rep, parallel.batch_sharded(mesh)),
+                 out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+def _device_batch(mesh, batch) -> dict:
+  return parallel.host_to_global(mesh, {
+      "image": batch["image"], "label": batch["label"].astype(np.int32),
+      # ids seed the per-sample augmentation keys; int32 covers 2^31 samples (ImageNet x 1600).
+      "id": batch["id"].astype(np.int32)})
+
+
+def _average(history: list[dict]) -> dict[str, float]:
+  host = jax.device_get(history)
+  return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
+
+
+def pretrain(config, workdir: str) -> dict[str, float]:
+  """Runs (or resumes) SimCLR pretraining in `workdir`; returns the last logged metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  if is_chief:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  source = sources.make_source(config.data, config.data.train_split)
+  setup = build(config, len(source))
+  dataset = pipeline.pretrain_dataset(
+      source, global_batch_size=config.train.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      workers=config.data.workers, prefetch=config.data.prefetch)
+  data_iter = iter(dataset)
+
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, augment_key = jax.random.split(rng)
+  state = init_state(setup, init_rng)
+  manager = checkpoint.make_manager(workdir, config.train.checkpoint_every,
+                                    config.train.keep_checkpoints)
+  if manager.latest_step() is not None:
+    state, start = checkpoint.restore(manager, state, data_iter)
+    logging.info("Resuming from %s at step %d", manager.directory, start)
+  else:
+    start = 0
+    logging.info("Starting from scratch (seed %d)", config.seed)
+
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("%s: %d parameters, %d devices, global batch %d, %d steps (%d per epoch)",
+               config.model.backbone, n_params, setup.mesh.devices.size,
+               config.train.batch_size, setup.total_steps, setup.steps_per_epoch)
+  train_step = make_train_step(setup, augment_key)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+
+  history, last = [], {}
+  t0, images_since = time.perf_counter(), 0
+  for step in range(start, setup.total_steps):
+    batch = _device_batch(setup.mesh, next(data_iter))
+    state, metrics = train_step(state, batch)
+    history.append(metrics)
+    images_since += config.train.batch_size
+    done = step + 1
+    if done % config.train.log_every == 0 or done == setup.total_steps:
+      last = _average(history)          # device_get here: one host sync per log, not per step
+      dt = time.perf_counter() - t0
+      last["images_per_sec"] = images_since / dt
+      last["epoch"] = done / setup.steps_per_epoch
+      writer.write_scalars(done, last)
+      history, t0, images_since = [], time.perf_counter(), 0
+    checkpoint.save(manager, done, state, data_iter, force=done == setup.total_steps)
+  manager.wait_until_finished()
+  writer.flush()
+  writer.close()
+  manager.close()
+  if hasattr(data_iter, "close"):
+    data_iter.close()
+  return last
