@@ -21,8 +21,9 @@ def get_config(arg=None):
 
   # --- data: a random-access source -> grain pipeline (simclr_jax/data) ------------------
   c.data = ml_collections.ConfigDict()
-  c.data.source = "digits"          # digits | npz
-  c.data.path = ""                  # npz: file path; '{split}' is replaced by the split name
+  # Sources and their formats: simclr_jax/data/sources.py (module docstring).
+  c.data.source = "digits"          # digits|npz|hmi|sdoml|sdobenchmark|folder|tfds|bigearthnet
+  c.data.path = ""                  # file / folder / TFDS data_dir; '{split}' -> split name
   c.data.train_split = "train"      # split used for pretraining (labels not needed)
   c.data.eval_split = "test"        # split the linear probe reports on
   c.data.image_size = 32            # side of the square crops the encoder sees
@@ -30,7 +31,25 @@ def get_config(arg=None):
   c.data.num_classes = 10           # for the online head and the probe; 0 = unlabelled
   c.data.value_range = (0.0, 1.0)   # range of the decoded pixels (for augment / display)
   c.data.workers = 0                # grain worker processes for decode (0 = in-process)
-  c.data.prefetch = 2               # batches prefetched ahead of the train step
+  c.data.prefetch = 2               # batches prefetched ahead (per worker; a thread if 0)
+  # Labels from a flux column (sdoml, sdobenchmark): one string per class, first match wins,
+  # e.g. ('Quiet: < 1e-6', '>=C: >= 1e-6'); () = labels as stored (or none).
+  c.data.label_thresholds = ()
+  c.data.label_key = ""             # npz/tfds label key; bigearthnet: labels_19 | labels_43
+  c.data.image_key = "image"        # tfds image feature
+  c.data.tfds_name = ""             # tfds: dataset name, e.g. 'cifar10' (data.path = data_dir)
+  c.data.channel = ""               # sdobenchmark: 'magnetogram' (default) or 'a,b' to stack;
+                                    # hmi: 'Br' | 'magnetogram' | '' (both)
+  c.data.time_steps = ()            # sdoml: CSV path columns (() = every path_* column);
+                                    # sdobenchmark: step indices 0..3 (0h 7h 10h30 11h50; (3,))
+  c.data.normalize = "auto"         # npz/folder: auto (uint8 /255, uint16 /65535) | gauss | none
+  c.data.clip_gauss = 250.0         # magnetograms: clip to ±this many gauss, then / it
+  c.data.flip_vertical = True       # flip FITS-derived magnetograms (row 0 = south) north-up
+  c.data.val_fraction = 0.1         # sdobenchmark 'val': share of training/, whole regions
+  c.data.split_seed = 0             # seed of that active-region split
+  c.data.skip_missing = False       # sdoml/sdobenchmark: drop rows whose files are missing
+                                    # (logged) instead of stopping with an error
+  c.data.stats_examples = 2000      # report: examples read per split for pixel stats (0 = all)
 
   # --- model: encoder + projection (+ online classifier on stop_gradient(h)) ------------
   c.model = ml_collections.ConfigDict()
@@ -86,7 +105,16 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
   c.eval.val_fraction = 0.2         # of the labelled train split, to pick the L2 strength
-  c.eval.c_grid = (0.01, 0.1, 1.0, 10.0, 100.0)  # inverse L2 strengths tried
+  c.eval.c_grid = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # inverse L2 strengths tried
   c.eval.label_fractions = (1.0,)   # probe with these stratified fractions of the labels
   c.eval.baselines = ()             # ('random_init', 'raw_pixels') to report references too
+
+  # --- multi-host start (simclr_jax/parallel.py: initialize_distributed) ----------------------
+  # Unset here: JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else the cluster
+  # JAX detects (SLURM, Open MPI, TPU slices, GKE), else a single process.
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.coordinator_address = ""  # 'host:port' of process 0, the same on every host
+  c.distributed.num_processes = 0         # 0 = not set
+  c.distributed.process_id = -1           # -1 = not set; 0 .. num_processes-1
+  c.distributed.local_device_ids = ()     # () = all local devices; e.g. 0,1 (one GPU per task)
   return c

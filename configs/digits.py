@@ -24,7 +24,9 @@ def get_config(arg=None):
   c.model.hidden_mlp = 256
   c.model.feat_dim = 64
   c.train.batch_size = 256
-  c.train.epochs = 100
+  c.train.epochs = 25               # 140 steps: ~6 minutes on 2 CPU cores
+  c.train.log_every = 20
+  c.optim.base_lr = 1.0             # LARS: 1.0 * 256 / 256 (beat 0.3 and Adam 1e-3 here)
   c.optim.warmup_epochs = 5.0
   c.eval.baselines = ("random_init", "raw_pixels")
   if arg == "tiny":

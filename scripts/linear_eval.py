@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags
 
-from simclr_jax import parallel
+from simclr_jax import logs, parallel
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
 flags.mark_flags_as_required(["workdir"])
@@ -22,6 +22,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logs.quiet_libraries()
   parallel.use_all_cpu_cores()
   from simclr_jax import evaluate
   report = evaluate.linear_eval(_WORKDIR.value)

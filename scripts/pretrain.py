@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simclr_jax import parallel
+from simclr_jax import logs, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, events, reports.")
@@ -24,6 +24,7 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logs.quiet_libraries()
   config = _CONFIG.value
   parallel.use_all_cpu_cores()
   parallel.initialize_distributed(config)

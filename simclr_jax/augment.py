@@ -171,8 +171,10 @@ def rot90(image: Array, k) -> Array:
   """Rotation by k*90 degrees counter-clockwise (np.rot90 on axes (0, 1)); k may be traced."""
   if image.shape[0] != image.shape[1]:
     raise ValueError(f"rot90 needs a square image, got {image.shape[:2]}")
-  branches = [functools.partial(jnp.rot90, k=i, axes=(0, 1)) for i in range(4)]
-  return jax.lax.switch(jnp.asarray(k, jnp.int32) % 4, branches, image)
+  # All four rotations, then a select: lax.switch with a traced index fails under shard_map's
+  # replication check when the branches mix device-varying and replicated values.
+  rotations = jnp.stack([jnp.rot90(image, i, axes=(0, 1)) for i in range(4)])
+  return rotations[jnp.asarray(k, jnp.int32) % 4]
 
 
 def _axis_weights(in_size: int, out_size: int, start, length, antialias: bool) -> Array:
@@ -553,10 +555,16 @@ def color_jitter(key, image: Array, prob: float = 0.8, brightness: float = 0.8,
   table = jnp.array(list(itertools.permutations(range(len(ops)))), jnp.int32)
   order = table[jnp.minimum(jnp.floor(u[5] * len(table)), len(table) - 1).astype(jnp.int32)]
 
+  def step(i, x):
+    # Every op, then a select of the i-th in this sample's order. Under vmap a lax.switch
+    # evaluates every branch anyway, and a switch fails inside shard_map ("pvary is a
+    # invariant->variant collective") when its branches close over per-device factors.
+    return jnp.stack([op(x) for op in ops])[order[i]]
+
   def jitter():
-    # A loop, not an unrolled sequence: under vmap each switch evaluates every branch, and
-    # compiling the body once instead of n times saves seconds of XLA time on CPU.
-    return jax.lax.fori_loop(0, len(ops), lambda i, x: jax.lax.switch(order[i], ops, x), image)
+    # A loop, not an unrolled sequence: compiling the body once instead of n times saves
+    # seconds of XLA time on CPU.
+    return jax.lax.fori_loop(0, len(ops), step, image)
 
   return _with_prob(u[0], prob, jitter, image)
 
@@ -933,10 +941,20 @@ def augment_batch(view_fn: ViewFn, keys, images) -> Array:
   return jax.vmap(view_fn)(keys, images)
 
 
+def view_keys(key, sample_ids) -> tuple[Array, Array]:
+  """Per-sample keys of view 1 and view 2: split(fold_in(key, id)).
+
+  The train step and `two_views` both use this, so a sample's views depend only on the run's
+  key and the sample's id, never on its device or batch row.
+  """
+  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(sample_ids)
+  return keys[:, 0], keys[:, 1]
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _two_views(view1: ViewFn, view2: ViewFn, key, images, sample_ids):
-  keys = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(sample_ids)
-  return augment_batch(view1, keys[:, 0], images), augment_batch(view2, keys[:, 1], images)
+  keys1, keys2 = view_keys(key, sample_ids)
+  return augment_batch(view1, keys1, images), augment_batch(view2, keys2, images)
 
 
 def two_views(augment_cfg, channels: int, image_size: int, key, images, sample_ids=None):

@@ -82,8 +82,7 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
   if (np.asarray(train_src.labels) < 0).all():
     raise ValueError(f"{train_src!r} has no labels: the linear probe needs a labelled split")
   setup = train.build(config, len(train_src))
-  init_rng = jax.random.split(jax.random.PRNGKey(config.seed))[0]
-  initial = train.init_state(setup, init_rng)
+  initial = train.init_state(setup, train.run_keys(config.seed)[0])
   manager = checkpoint.make_manager(workdir, 1, config.train.keep_checkpoints)
   state, step = checkpoint.restore(manager, initial)
   manager.close()

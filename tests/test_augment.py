@@ -340,6 +340,31 @@ def test_two_views_sharded_over_devices_equals_single_device():
     np.testing.assert_allclose(g, r, atol=1e-6)
 
 
+def test_rgb_views_under_shard_map_equal_single_device():
+  # The train step augments inside jax.shard_map (per-device keys from global sample ids).
+  # Colour jitter's random op order and rot90 once failed to compile there (replication
+  # check on lax.switch); the views must equal those made on one device.
+  from jax.sharding import Mesh, PartitionSpec as P
+
+  cfg = A.get_config("simclr_cifar", rot90_prob=0.75)
+  n = jax.device_count()
+  x = _images(2 * n, 3, seed=12)
+  key = jax.random.key(3)
+  ref = A.two_views(cfg, 3, SIZE, key, x, sample_ids=np.arange(2 * n))
+  view1, view2 = A.make_augment(cfg, 3, SIZE)
+
+  def per_device(images, ids):
+    k1, k2 = A.view_keys(key, ids)
+    return A.augment_batch(view1, k1, images), A.augment_batch(view2, k2, images)
+
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  got = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P("data"), P("data")),
+                              out_specs=(P("data"), P("data"))))(
+      x, np.arange(2 * n, dtype=np.uint32))
+  for g, r in zip(got, ref):
+    np.testing.assert_allclose(g, r, atol=1e-5)
+
+
 def _within_3_sigma(count, n, p):
   sigma = math.sqrt(n * p * (1 - p))
   assert abs(count - n * p) <= 3 * sigma + 1e-9, (count, n * p, sigma)

@@ -7,6 +7,12 @@ sample is augmented the same way whichever process, device or batch row it lands
 what makes N devices equal 1 device). Process p of P takes positions p, p+P, p+2P, ...: every
 process sees a disjoint slice of every epoch, and the P per-process batches of step s together
 are exactly positions [s*B, (s+1)*B) of the sequence.
+
+Decoding (the source's `__getitem__`: file reads, normalisation, resize) runs where the
+iterator runs: with `workers > 0` in grain worker processes (`mp_prefetch`: worker w builds
+every `workers`-th batch, `prefetch` batches ahead), else in a background thread of this
+process (`prefetch` batches ahead), overlapping the jitted step either way. Both prefetchers
+are checkpointable: the iterator state in the orbax checkpoint restores the exact position.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 
 def _with_id(index: int, element: dict[str, Any]) -> dict[str, Any]:
@@ -28,7 +35,8 @@ def _as_float32(element: dict[str, Any]) -> dict[str, Any]:
 
 def pretrain_dataset(source, *, global_batch_size: int, seed: int, process_index: int = 0,
                      process_count: int = 1, workers: int = 0, prefetch: int = 2):
-  """Infinite iterable of per-process batches {'image', 'label', 'id'} for pretraining.
+  """Infinite iterable of per-process batches {'image', 'label', 'id'} for pretraining
+  (plus 'multi_hot' (B, K) when the source is multi-label, see sources.py).
 
   Returns a grain IterDataset; `iter()` of it gives a checkpointable DatasetIterator.
   """
@@ -47,8 +55,14 @@ def pretrain_dataset(source, *, global_batch_size: int, seed: int, process_index
         .batch(global_batch_size // process_count, drop_remainder=True))
   it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   if workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                           per_worker_buffer_size=prefetch))
+    if not flags.FLAGS.is_parsed():
+      # grain reads absl flags when it starts workers; outside absl.app.run (notebooks,
+      # pytest) they are unparsed and grain would raise (STACK.md trap 7). Defaults are fine.
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=max(1, prefetch)))
+  elif prefetch > 0:
+    it_ds = grain.experimental.ThreadPrefetchIterDataset(it_ds, prefetch_buffer_size=prefetch)
   return it_ds
 
 

@@ -1,0 +1,69 @@
+"""SimCLR on CIFAR-10 (../shared/RECIPES.md §3, §5): ResNet-18 with the CIFAR stem, LARS.
+
+  python scripts/pretrain.py --config configs/cifar10.py --workdir runs/cifar10 --linear_eval
+
+Data: ../shared/data/cifar10/cifar10_{train,test}.npz (uint8 NHWC RGB from a JPEG copy of
+CIFAR-10, see its README; `--config.data.path=.../cifar10_{split}.npz` elsewhere), /255 into
+[0, 1]; without it the run stops with "no data at ... see README.md § Data".
+Recipe: ResNet-18 (3x3 stride-1 stem, no max-pool), projection 512 -> 512 -> BN -> ReLU -> 128,
+NT-Xent temperature 0.5, LARS (momentum 0.9, weight decay 1e-6, BN and biases excluded) with
+base_lr 0.075 x sqrt(batch) (the SimCLR appendix's rule for small batches), 10 warm-up epochs
+then cosine, batch 512, 1000 epochs, augment preset 'simclr_cifar' (crop (0.08, 1), flip,
+colour jitter strength 0.5 with p 0.8, grayscale 0.2, no blur). Linear probe on 'test'.
+Expect (GPU): linear probe about 90-91 % test accuracy after 1000 epochs (the official
+ResNet-18 recipe about 91 %, solo-learn 90.74 %); a little lower on this JPEG copy. On 2 CPU
+cores one epoch takes hours (about 30-55 img/s): use it for throughput, not for accuracy.
+"""
+
+from configs import default
+from simclr_jax import augment
+
+
+def get_config(arg=None):
+  c = default.get_config()
+  c.seed = 42
+  c.data.source = "npz"
+  c.data.path = "../shared/data/cifar10/cifar10_{split}.npz"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.image_size = 32
+  c.data.channels = 3
+  c.data.num_classes = 10
+  c.data.value_range = (0.0, 1.0)
+  c.data.workers = 2
+
+  c.model.backbone = "resnet18"
+  c.model.width_multiplier = 1.0
+  c.model.cifar_stem = True
+  c.model.hidden_mlp = 512
+  c.model.feat_dim = 128
+  c.model.proj_layers = 2
+
+  c.loss.temperature = 0.5
+
+  c.optim.name = "lars"
+  c.optim.learning_rate = 0.0
+  c.optim.base_lr = 0.075
+  c.optim.lr_scaling = "sqrt"
+  c.optim.weight_decay = 1e-6
+  c.optim.warmup_epochs = 10.0
+  c.optim.schedule = "cosine"
+
+  c.augment = augment.get_config("simclr_cifar")
+
+  c.train.batch_size = 512
+  c.train.epochs = 1000
+  c.train.checkpoint_every = 1000
+  if arg == "tiny":
+    c.data.workers = 0
+    c.model.width_multiplier = 0.125
+    c.model.hidden_mlp = 32
+    c.model.feat_dim = 16
+    c.train.batch_size = 16
+    c.train.steps = 2
+    c.train.num_devices = 1         # compile time dominates: one device (STACK.md trap 9)
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+  elif arg:
+    raise ValueError(f"configs/cifar10.py: unknown variant {arg!r}; expected 'tiny' or none")
+  return c

@@ -1,0 +1,100 @@
+"""SolarNet's SimCLR on SDO/HMI magnetograms (../shared/RECIPES.md §1): SDOML `bz`, 128x128.
+
+  python scripts/pretrain.py --config configs/sdo.py --workdir runs/sdo --linear_eval
+
+Data: SolarNet's sdo-dataset at data/sdo-dataset-ssl-bz-1h-2010-2014 (relative to the working
+directory; `--config.data.path=...` elsewhere): sdo-dataset-{train,val,test}.csv with
+`path_0_before` (npz, key `x`, 512x512 gauss) and `peak_flux`. Without it the run stops at
+once with "no data at .../sdo-dataset-train.csv ... see README.md § Data". Pixels: NaN -> 0,
+clip ±250 G, / 250, flipped north-up, resized to 128 (mean of 4x4 blocks).
+Recipe: ResNet-50 (1 input channel, ImageNet stem), projection 2048 -> 2048 -> BN -> ReLU -> 64,
+Adam 1e-3 with 10 warm-up epochs then cosine, batch 768, seed 42, 1000 epochs, augment preset
+'solarnet' (crop scale (0.5, 1), h/v flips, no intensity ops), online MLP head on 2 classes
+(Quiet < 1e-6, >=C >= 1e-6 W/m² GOES peak flux).
+Expect (SolarNet, 2x TITAN RTX, 56,056 s): early stop at epoch 544 (patience 200), best epoch
+345; train 35,479 (Quiet 30,904 / >=C 4,575), val 3,686; tensor min -1, max 1, mean -0.00045,
+std 0.0396; SSL then fine-tuned on SDOBenchmark: TSS 0.646 (supervised baseline 0.607).
+
+Variants: `configs/sdo.py:hmi` pretrains on the 84 real HMI SHARP patches bundled in
+tests/data (unlabelled, a smoke run that needs no download; a tiny model, 2 CPU cores: minutes);
+`configs/sdo.py:tiny` is that shrunk to 2 steps of a width-1/8 ResNet-18 for tests.
+"""
+
+import os
+
+from configs import default
+from simclr_jax import augment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HMI_SAMPLE = os.path.join(ROOT, "tests", "data", "hmi_sharp_2012_03", "hmi_sharp_cea_128.npz")
+
+
+def get_config(arg=None):
+  c = default.get_config()
+  c.seed = 42
+  c.data.source = "sdoml"
+  c.data.path = "data/sdo-dataset-ssl-bz-1h-2010-2014"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.time_steps = ("path_0_before",)
+  c.data.image_size = 128
+  c.data.channels = 1
+  c.data.num_classes = 2
+  c.data.label_thresholds = ("Quiet: < 1e-6", ">=C: >= 1e-6")
+  c.data.value_range = (-1.0, 1.0)
+  c.data.workers = 4                # npz decode + resize in 4 processes: far above the step
+  c.data.prefetch = 2
+
+  c.model.backbone = "resnet50"
+  c.model.width_multiplier = 1.0
+  c.model.cifar_stem = False        # 128x128 full-disk images: the ImageNet stem
+  c.model.hidden_mlp = 2048
+  c.model.feat_dim = 64
+  c.model.proj_layers = 2
+  c.model.online_head = True        # SolarNet's SSLEvaluator: 2048 -> 128 -> 2, dropout 0.2
+  c.model.online_hidden = 128
+  c.model.online_dropout = 0.2
+
+  c.loss.temperature = 0.5          # pl_bolts SimCLR default, used by SolarNet
+
+  c.optim.name = "adam"
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 1e-6
+  c.optim.warmup_epochs = 10.0
+  c.optim.schedule = "cosine"
+
+  c.augment = augment.get_config("solarnet")
+
+  c.train.batch_size = 768
+  c.train.epochs = 1000
+  c.train.checkpoint_every = 500
+
+  if arg in ("hmi", "tiny"):
+    c.data.source = "hmi"
+    c.data.path = HMI_SAMPLE
+    c.data.time_steps = ()
+    c.data.label_thresholds = ()
+    c.data.num_classes = 0          # no flare labels in the sample
+    c.data.image_size = 64
+    c.data.workers = 0
+    c.model.online_head = False
+    c.model.backbone = "resnet18"
+    c.model.width_multiplier = 0.25
+    c.model.cifar_stem = True
+    c.model.hidden_mlp = 256
+    c.train.batch_size = 32
+    c.train.epochs = 20
+    c.optim.warmup_epochs = 2.0
+  if arg == "tiny":
+    c.data.image_size = 32
+    c.model.width_multiplier = 0.125
+    c.model.hidden_mlp = 32
+    c.model.feat_dim = 16
+    c.train.batch_size = 16
+    c.train.steps = 2
+    c.train.num_devices = 1         # compile time dominates: one device (STACK.md trap 9)
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+  elif arg not in (None, "", "hmi"):
+    raise ValueError(f"configs/sdo.py: unknown variant {arg!r}; expected 'hmi', 'tiny' or none")
+  return c

@@ -1,0 +1,58 @@
+"""SimCLR on SDOBenchmark magnetograms: SolarNet's SDO recipe (configs/sdo.py) on SDOBenchmark.
+
+  python scripts/pretrain.py --config configs/sdobenchmark.py --workdir runs/sdobenchmark \
+      --linear_eval
+
+Data: SDOBenchmark (https://github.com/i4Ds/SDOBenchmark) unpacked at data/SDOBenchmark-data-full
+(`--config.data.path=...` elsewhere): training/ and test/, each with meta_data.csv
+(id,start,end,peak_flux) and `<AR>/<date>_<k>/<time>__magnetogram.jpg` (256x256, gray 127.5 =
+0 G, ±250 G). Without it the run stops with "no data at .../training/meta_data.csv ... see
+README.md § Data". Input: the magnetogram at time step 3 (11h50 after the sample's start, as
+SolarNet uses; `--config.data.time_steps='(0,1,2,3)' --config.data.channels=4` stacks all four),
+p / 127.5 - 1 in [-1, 1], resized to 128. Samples missing that image are dropped and counted
+in the log (data.skip_missing, as SolarNet does). Splits: 'train' / 'val' from training/, whole
+active regions on one side (10 % of the samples to 'val'); 'test' is test/.
+Labels: Quiet (< 1e-6 W/m²) and >=C (>= 1e-6), for the online head and the probe.
+
+Expect: no published SimCLR-on-SDOBenchmark figure; compare the probe's TSS on 'test' with
+SolarNet's SDOBenchmark results (supervised baseline TSS 0.607; SimCLR pretrained on SDOML then
+fine-tuned 0.646). `configs/sdobenchmark.py:tiny` is the same shrunk for tests.
+"""
+
+from configs import sdo
+
+
+def get_config(arg=None):
+  c = sdo.get_config()
+  c.data.source = "sdobenchmark"
+  c.data.path = "data/SDOBenchmark-data-full"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.channel = "magnetogram"
+  c.data.time_steps = (3,)
+  c.data.channels = 1
+  c.data.image_size = 128
+  c.data.val_fraction = 0.1
+  c.data.split_seed = 0
+  c.data.skip_missing = True
+  # Fewer, smaller images than SDOML: a smaller batch keeps tens of steps per epoch.
+  c.train.batch_size = 256
+  c.train.epochs = 500
+  if arg == "tiny":
+    c.data.image_size = 32
+    c.data.workers = 0
+    c.model.backbone = "resnet18"
+    c.model.width_multiplier = 0.125
+    c.model.cifar_stem = True
+    c.model.hidden_mlp = 32
+    c.model.feat_dim = 16
+    c.model.online_hidden = 16
+    c.train.batch_size = 16
+    c.train.steps = 2
+    c.train.num_devices = 1         # compile time dominates: one device (STACK.md trap 9)
+    c.train.log_every = 1
+    c.train.checkpoint_every = 2
+    c.optim.warmup_epochs = 1.0
+  elif arg:
+    raise ValueError(f"configs/sdobenchmark.py: unknown variant {arg!r}; expected 'tiny' or none")
+  return c

@@ -1,0 +1,37 @@
+"""Picture of the augmentations: `python scripts/augment_grid.py --config configs/cifar10.py --out grid.png`.
+
+Writes a PNG with one row per image: original | view 1 | view 2, made exactly as the train
+step makes them for the config's first --n training examples (same keys, same ops). The same
+grid is logged to TensorBoard (tab Images, `augment/views`) at the start of every run.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.")
+_OUT = flags.DEFINE_string("out", "augment_grid.png", "PNG file to write.")
+_N = flags.DEFINE_integer("n", 8, "Number of images (rows).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from PIL import Image
+
+  from simclr_jax import train
+  from simclr_jax.data import sources
+  config = _CONFIG.value
+  source = sources.make_source(config.data, config.data.train_split)
+  grid = train.views_grid(config, source, train.run_keys(config.seed)[1], _N.value)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+  Image.fromarray(grid).save(_OUT.value)
+  print(f"wrote {_OUT.value}: {_N.value} images x (original, view 1, view 2) of {source!r}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,23 @@
+"""Log lines a person reads: ours and clu's metric lines, not orbax's per-save chatter."""
+
+from __future__ import annotations
+
+import logging as py_logging
+
+from absl import logging
+
+_CHATTY = ("/orbax/", "/grain/", "/etils/")
+
+
+class _DropLibraryInfo(py_logging.Filter):
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or not any(
+        part in record.pathname for part in _CHATTY)
+
+
+def quiet_libraries() -> None:
+  """Keeps INFO from this project and clu, WARNING and above from orbax, grain and etils."""
+  logging.set_verbosity(logging.INFO)
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())

@@ -1,0 +1,54 @@
+"""Linear probe: the fitting on known data, and linear_eval on a real (tiny) pretraining run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from configs import digits
+from simclr_jax import evaluate, train
+
+
+def test_fit_probe_separates_separable_classes_and_picks_c_on_validation():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(3, 5)) * 5
+  y = np.repeat(np.arange(3), 60)
+  x = centres[y] + rng.normal(size=(180, 5))
+  r = evaluate.fit_probe(x[::2], y[::2], x[1::2], y[1::2], (0.01, 1.0), 0.25)
+  assert r["test_accuracy"] > 0.97 and r["n_train"] == 90 and r["n_test"] == 90
+  assert r["C"] in (0.01, 1.0)
+
+
+def test_fit_probe_on_raw_digits_matches_the_known_level():
+  # 8x8 digits with a logistic regression: about 0.96 test accuracy (scikit-learn examples).
+  d = load_digits()
+  r = evaluate.fit_probe(d.data[:1400], d.target[:1400], d.data[1400:], d.target[1400:],
+                         (0.1, 1.0), 0.2)
+  assert 0.90 < r["test_accuracy"] < 1.0
+
+
+def test_linear_eval_on_a_pretrained_run(tmp_path):
+  config = digits.get_config("tiny")
+  config.eval.baselines = ("random_init",)
+  config.eval.label_fractions = (0.25, 1.0)
+  workdir = str(tmp_path / "run")
+  train.pretrain(config, workdir)
+  report = evaluate.linear_eval(workdir)     # config read back from workdir/config.json
+  with open(os.path.join(workdir, "linear_eval.json")) as f:
+    saved = json.load(f)
+  assert saved == report and report["checkpoint_step"] == 2
+  got = {(r["features"], r["label_fraction"]): r for r in report["results"]}
+  assert set(got) == {("pretrained", 0.25), ("pretrained", 1.0),
+                      ("random_init", 0.25), ("random_init", 1.0)}
+  for r in got.values():
+    assert r["n_test"] == 360
+    assert 0.3 < r["test_accuracy"] <= 1.0     # a linear probe of ResNet features on digits
+  # A stratified quarter of the 1437 labels: within one example per class of 359.
+  assert abs(got[("pretrained", 0.25)]["n_train"] - 1437 / 4) <= 10
+
+
+def test_linear_eval_without_a_run_names_the_workdir(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    evaluate.linear_eval(str(tmp_path))

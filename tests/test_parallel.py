@@ -1,0 +1,477 @@
+"""Data parallelism: N devices, and N processes, compute what one device computes.
+
+* The full train step (real augmentations, tiny ResNet-18 with BatchNorm, online head, LARS)
+  on a mesh of 8 emulated devices against a mesh of 1, same state and global batch: loss,
+  metrics, the gradients themselves, params / batch_stats / optimizer state after the update.
+  A per-device loss (no all_gather) and per-device BatchNorm fail the same comparison.
+* 2 processes x 2 devices (jax.distributed on 127.0.0.1, scripts/pretrain.py) train 3 steps
+  with checkpoints and log the losses of the 1-device run; a second 2-process invocation
+  resumes from their checkpoint to step 4, again on the 1-device trajectory.
+* Multi-host start settings, and the batch-size check before anything compiles.
+
+Compile time dominates: every step function is compiled once, and the 2-process run is
+started first so that it overlaps the in-process compiles.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
+from configs import digits
+from simclr_jax import losses, parallel, train
+from simclr_jax.data import pipeline, sources
+from simclr_jax.models import simclr as simclr_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_DEV = 8
+BATCH = 16   # global: 2 images (4 views) per device on 8 devices
+RTOL = 1e-5
+# The run every comparison uses, in-process and on the command line of the 2-process run.
+OVERRIDES = {
+    "data.image_size": 16,
+    "train.batch_size": BATCH,
+    "model.hidden_mlp": 24,         # no dot of the step but the logits is [4, 32]
+    "model.online_head": True,      # its loss and accuracy are psum-ed over devices too
+    "model.online_dropout": 0.0,    # dropout masks are drawn per device: not invariant
+    "optim.warmup_epochs": 0.0,     # a real LARS update from the first step, and an lr that
+    "optim.schedule": "constant",   # does not depend on train.steps (3, then resumed to 4)
+    "train.checkpoint_every": 2,
+}
+REF_STEPS = 4
+# XLA:CPU's LLVM -O2 is half of the step's compile time; -O0 changes no HLO pass: shardings,
+# collectives and the math are the same. Used in-process and by the worker processes.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+WORKER_TIMEOUT = 400   # s per invocation; then every process of it is killed (STACK trap 5)
+
+
+def _config(num_devices: int = 0, steps: int = 3):
+  c = digits.get_config("tiny")
+  for key, value in OVERRIDES.items():
+    group, field = key.split(".")
+    c[group][field] = value
+  c.train.num_devices = num_devices
+  c.train.steps = steps
+  return c
+
+
+# ------------------------------------------------------------------- 2 processes, started first
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class _Processes:
+  """`scripts/pretrain.py` in N processes x D emulated CPU devices, one coordinator."""
+
+  def __init__(self, workdir, steps, num_processes=2, devices=2, via="flags"):
+    self.workdir, self.procs, self.logs = workdir, [], []
+    # Process 0 of the first invocation fills a compilation cache, the resumed one reads it
+    # (~20 s of CPU less). Results cannot depend on it: both are checked against 1 device.
+    cache = os.path.join(os.path.dirname(workdir), "jax_cache")
+    port = _free_port()
+    for pid in range(num_processes):
+      env = {k: v for k, v in os.environ.items()
+             if not k.startswith(("JAX_", "XLA_", "TF_CPP"))}
+      env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", JAX_COMPILATION_CACHE_DIR=cache,
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS=(
+          f"--xla_force_host_platform_device_count={devices} "
+          f"--xla_backend_optimization_level={FAST_COMPILE['xla_backend_optimization_level']}"))
+      cmd = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"),
+             f"--config={os.path.join(ROOT, 'configs', 'digits.py')}:tiny",
+             f"--workdir={workdir}", f"--config.train.steps={steps}"]
+      cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+      if via == "flags":    # both ways of configuring a multi-host start are exercised
+        cmd += [f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+                f"--config.distributed.num_processes={num_processes}",
+                f"--config.distributed.process_id={pid}"]
+      else:
+        env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                   JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(pid))
+      log = f"{workdir}.steps{steps}.process{pid}.log"
+      with open(log, "w") as f:
+        self.procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f,
+                                           stderr=subprocess.STDOUT))
+      self.logs.append(log)
+    self.deadline = time.monotonic() + WORKER_TIMEOUT
+
+  def wait(self) -> list[int]:
+    """Return codes; kills everything on timeout, and the peers of a process that failed (a
+    process whose peer is gone would otherwise wait for jax.distributed's own timeout)."""
+    while any(p.poll() is None for p in self.procs):
+      failed = any(p.poll() not in (None, 0) for p in self.procs)
+      if failed or time.monotonic() > self.deadline:
+        self.kill()
+        pytest.fail(("a process failed" if failed else f"timeout after {WORKER_TIMEOUT} s")
+                    + self.tails())
+      time.sleep(0.2)
+    return [p.returncode for p in self.procs]
+
+  def kill(self):
+    for p in self.procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+  def tails(self, n=3000) -> str:
+    out = []
+    for log in self.logs:
+      with open(log) as f:
+        out.append(f"\n--- {log} ---\n" + f.read()[-n:])
+    return "".join(out)
+
+  def read_logs(self) -> list[str]:
+    out = []
+    for log in self.logs:
+      with open(log) as f:
+        out.append(f.read())
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+  run = _Processes(str(tmp_path_factory.mktemp("two_processes") / "run"), steps=3)
+  yield run
+  run.kill()
+
+
+# ------------------------------------------------------------------------- in-process steps
+
+
+def _keep_grads() -> optax.GradientTransformation:
+  """Identity transformation whose state is the last gradient: makes grads inspectable."""
+  return optax.GradientTransformation(
+      init=lambda params: jax.tree.map(jnp.zeros_like, params),
+      update=lambda updates, state, params=None: (updates, updates))
+
+
+class _PerDeviceBatchNorm:
+  """The model with BatchNorm statistics of each device's own batch (running averages then
+  pmean-ed, as per-replica BN implementations do): the bug global BN prevents."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def apply(self, variables, x, **kwargs):
+    out, new_vars = self.model.apply(variables, x, **kwargs)
+    return out, jax.lax.pmean(new_vars, parallel.DATA)
+
+
+_nt_xent = losses.nt_xent
+
+
+def _local_negatives_only(z1, z2, temperature, axis_name=None):
+  """NT-Xent without the all_gather: negatives from this device only, mean over devices."""
+  loss, metrics = _nt_xent(z1, z2, temperature)
+  return jax.lax.pmean((loss, metrics), axis_name)
+
+
+@pytest.fixture(scope="module")
+def steps(two_processes):  # noqa: ARG001  (started first: it runs while this compiles)
+  """One update from the same state and global batch on 1 device, 8 devices, and two buggy
+  8-device variants; and the 1-device run continued to REF_STEPS steps (the reference of the
+  2-process run: same config, seed, data order and keys as scripts/pretrain.py)."""
+  config = _config(1)
+  source = sources.make_source(config.data, config.data.train_split)
+  data = iter(pipeline.pretrain_dataset(source, global_batch_size=BATCH, seed=config.seed,
+                                        prefetch=0))
+  batches = [next(data) for _ in range(REF_STEPS)]
+  init_rng, augment_key = train.run_keys(config.seed)
+  setups = {n: train.build(_config(n), len(source)) for n in (1, N_DEV)}
+  # One tx object for every run, keeping the gradient in the optimizer state.
+  tx = optax.chain(_keep_grads(), setups[1].tx)
+  setups = {n: dataclasses.replace(s, tx=tx) for n, s in setups.items()}
+  state0 = jax.device_get(train.init_state(setups[1], init_rng))
+
+  def run(setup, batch=batches[0], model=None, patch_loss=False):
+    if model is not None:
+      setup = dataclasses.replace(setup, model=model)
+    with pytest.MonkeyPatch.context() as mp:
+      if patch_loss:
+        mp.setattr(losses, "nt_xent", _local_negatives_only)
+      step = train.make_train_step(setup, augment_key)
+      state = jax.device_put(state0, parallel.replicated(setup.mesh))  # fresh: step donates it
+      device_batch = train._device_batch(setup.mesh, batch)
+      compiled = step.lower(state, device_batch).compile(compiler_options=FAST_COMPILE)
+    new_state, metrics = compiled(state, device_batch)
+    return dict(state=jax.device_get(new_state), metrics=jax.device_get(metrics),
+                hlo=compiled.as_text(), compiled=compiled, mesh=setup.mesh)
+
+  out = {"state0": state0, "one": run(setups[1]), "eight": run(setups[N_DEV])}
+
+  # Rows permuted (as the 2-process run interleaves them): ids keep each sample's augmentation.
+  perm = np.random.default_rng(0).permutation(BATCH)
+  state = jax.device_put(state0, parallel.replicated(setups[N_DEV].mesh))
+  new_state, metrics = out["eight"]["compiled"](
+      state, train._device_batch(setups[N_DEV].mesh, {k: v[perm] for k, v in batches[0].items()}))
+  out["eight_permuted"] = dict(state=jax.device_get(new_state), metrics=jax.device_get(metrics))
+
+  out["no_gather"] = run(setups[N_DEV], patch_loss=True)
+  per_device_bn = simclr_model.model_from_config(setups[N_DEV].config.model,
+                                                 setups[N_DEV].num_classes, bn_axis_name=None)
+  out["per_device_bn"] = run(setups[N_DEV], model=_PerDeviceBatchNorm(per_device_bn))
+
+  # The 1-device trajectory.
+  one = out["one"]
+  trajectory = [dict(step=1, metrics=one["metrics"], state=one["state"])]
+  state = jax.device_put(one["state"], parallel.replicated(one["mesh"]))
+  for i, batch in enumerate(batches[1:], start=2):
+    state, metrics = one["compiled"](state, train._device_batch(one["mesh"], batch))
+    trajectory.append(dict(step=i, metrics=jax.device_get(metrics),
+                           state=jax.device_get(state)))
+  out["trajectory"] = trajectory
+  return out
+
+
+# ---------------------------------------------------------------------------- comparisons
+
+
+def _differences(a, b):
+  """Per leaf of b: (max |a - b|, max |a - b| / max |b|)."""
+  out = {}
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    d = float(np.abs(x - y).max()) if x.size else 0.0
+    out[jax.tree_util.keystr(path)] = (d, d / max(float(np.abs(y).max()), 1e-30))
+  return out
+
+
+def _assert_tree_close(a, b, what):
+  """Every entry within RTOL of itself or of its leaf's L2 norm.
+
+  Summing in another order (per-device partial sums, then psum) moves an entry by ~1e-6 of
+  the largest terms it is summed from, so entries near zero have no meaningful relative error.
+  Leaves that are zero in exact arithmetic (the gradient of a bias right before BatchNorm)
+  hold pure rounding noise: their scale is floored at 1% of the tree's largest leaf norm.
+  """
+  assert jax.tree.structure(a) == jax.tree.structure(b), what
+  norms = [float(np.linalg.norm(np.ravel(y))) for y in jax.tree.leaves(b)]
+  floor = 1e-2 * max(norms)
+  for ((path, x), y), norm in zip(zip(jax.tree_util.tree_leaves_with_path(a),
+                                      jax.tree.leaves(b)), norms):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=RTOL,
+                               atol=RTOL * max(norm, floor),
+                               err_msg=f"{what}{jax.tree_util.keystr(path)}")
+
+
+def _compare(run, ref):
+  """Everything one update produces: `run` against `ref` (1 device)."""
+  for k, v in ref["metrics"].items():
+    np.testing.assert_allclose(run["metrics"][k], v, rtol=RTOL, atol=1e-7, err_msg=k)
+  s, r = run["state"], ref["state"]
+  assert int(s.step) == int(r.step) == 1
+  _assert_tree_close(s.opt_state[0], r.opt_state[0], "grads")
+  _assert_tree_close(s.params, r.params, "params")
+  _assert_tree_close(s.batch_stats, r.batch_stats, "batch_stats")
+  _assert_tree_close(s.opt_state[1], r.opt_state[1], "opt_state")
+
+
+def _report(name, run, ref):
+  s, r = run["state"], ref["state"]
+  for what, (a, b) in dict(grads=(s.opt_state[0], r.opt_state[0]), params=(s.params, r.params),
+                           batch_stats=(s.batch_stats, r.batch_stats),
+                           metrics=(run["metrics"], ref["metrics"])).items():
+    d = _differences(a, b)
+    worst = max(d, key=lambda k: d[k][1])
+    print(f"{name} vs 1 device, {what}: max |diff| {max(v[0] for v in d.values()):.3g}; "
+          f"max |diff| / leaf max {d[worst][1]:.3g} ({worst})")
+
+
+def test_eight_devices_equal_one_device(steps):
+  one, eight = steps["one"], steps["eight"]
+  assert one["mesh"].devices.size == 1 and eight["mesh"].devices.size == N_DEV
+  m = one["metrics"]
+  # Not vacuous: a real update that moves every parameter, metrics strictly inside (0, 1).
+  assert m["learning_rate"] > 0 and m["l2_updates"] > 0 and np.isfinite(m["loss"])
+  assert 0 < m["contrastive_accuracy"] < 1 and 0 < m["online_accuracy"] < 1
+  moved = _differences(one["state"].params, steps["state0"].params)
+  assert min(d for d, _ in moved.values()) > 0, "every parameter changes in the update"
+  print()
+  _report("8 devices", eight, one)
+  _compare(eight, one)
+
+
+def test_permuted_rows_equal_one_device(steps):
+  """Which device and row a sample lands on does not matter: its augmentation follows its id."""
+  _compare(steps["eight_permuted"], steps["one"])
+
+
+@pytest.mark.parametrize("bug", ["no_gather", "per_device_bn"])
+def test_per_device_bugs_fail_the_comparison(steps, bug):
+  with pytest.raises(AssertionError):
+    _compare(steps[bug], steps["one"])
+  # Not a float-noise failure: the loss itself is clearly off.
+  rel = abs(float(steps[bug]["metrics"]["loss"]) / float(steps["one"]["metrics"]["loss"]) - 1)
+  assert rel > 1e-3, rel
+
+
+def _dot_shapes(hlo_text):
+  return set(re.findall(r"= (f32\[\d+,\d+\])\{[^}]*\} dot\(", hlo_text))
+
+
+def test_compiled_step_logits_are_local_rows_by_global_columns(steps):
+  """On the compiled train step: each device's logits are [2n_local, 2N], never [2N, 2N]."""
+  local = f"f32[{2 * BATCH // N_DEV},{2 * BATCH}]"
+  full = f"f32[{2 * BATCH},{2 * BATCH}]"
+  assert local in _dot_shapes(steps["eight"]["hlo"]), _dot_shapes(steps["eight"]["hlo"])
+  assert full not in _dot_shapes(steps["eight"]["hlo"])
+  assert full in _dot_shapes(steps["one"]["hlo"])   # control: 1 device computes all 2N rows
+
+
+# --------------------------------------------------------------------------- 2 processes
+
+
+def _scalars(workdir):
+  """{tag: {step: value}} from the TensorBoard event files (clu writes scalars as tensors)."""
+  out = {}
+  for f in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
+    acc = EventAccumulator(f, size_guidance={"tensors": 0})
+    acc.Reload()
+    for tag in acc.Tags()["tensors"]:
+      for ev in acc.Tensors(tag):
+        value = tensor_util.make_ndarray(ev.tensor_proto)
+        if value.ndim == 0:   # not the images
+          out.setdefault(tag, {})[ev.step] = float(value)
+  return out
+
+
+def _restore_state(workdir, step):
+  """The `state` item of a checkpoint, restored onto one local device whatever wrote it."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  with ocp.StandardCheckpointer() as ckpt:
+    meta = ckpt.metadata(path)
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
+    return jax.device_get(ckpt.restore(path, target))
+
+
+def _check_against_reference(workdir, ref, steps_expected):
+  events = _scalars(workdir)
+  assert set(events["loss"]) == set(steps_expected)
+  for s in steps_expected:
+    for tag in ("loss", "contrastive_accuracy", "online_loss", "l2_grads"):
+      np.testing.assert_allclose(events[tag][s], ref[s - 1]["metrics"][tag], rtol=RTOL,
+                                 atol=1e-7, err_msg=f"{tag} at step {s}")
+  last = steps_expected[-1]
+  restored = _restore_state(workdir, last)
+  assert int(restored["step"]) == last
+  _assert_tree_close(restored["params"], ref[last - 1]["state"].params, f"params@{last}")
+  _assert_tree_close(restored["batch_stats"], ref[last - 1]["state"].batch_stats,
+                     f"batch_stats@{last}")
+  return events
+
+
+def test_two_processes_train_like_one_device_and_resume(two_processes, steps):
+  ref = steps["trajectory"]
+  workdir = two_processes.workdir
+  assert two_processes.wait() == [0, 0], two_processes.tails()
+  logs = two_processes.read_logs()
+  for pid, log in enumerate(logs):
+    assert f"process {pid} of 2; 2 local devices, 4 in all" in log, log[-3000:]
+  assert len(glob.glob(os.path.join(workdir, "events.out.tfevents*"))) == 1  # process 0 only
+  events = _check_against_reference(workdir, ref, [1, 2, 3])
+  print(f"\n2 processes x 2 devices vs 1 device, loss by step: "
+        + ", ".join(f"{s}: {events['loss'][s]:.7f} vs {float(ref[s - 1]['metrics']['loss']):.7f}"
+                    for s in (1, 2, 3)))
+  # Each process saved its own data-iterator position into the same checkpoint.
+  for pid in range(2):
+    with open(os.path.join(workdir, "checkpoints", "3", "data_iter",
+                           f"process_{pid}-of-2.json")) as f:
+      assert json.load(f)["next_index"] == 3
+
+  # The same workdir again, 2 processes (configured through JAX_* variables): resumes at 3.
+  resumed = _Processes(workdir, steps=REF_STEPS, via="env")
+  try:
+    assert resumed.wait() == [0, 0], resumed.tails()
+  finally:
+    resumed.kill()
+  for log in resumed.read_logs():
+    assert "Resuming from" in log and "at step 3" in log, log[-3000:]
+  events = _check_against_reference(workdir, ref, [1, 2, 3, 4])
+  print(f"resumed to step 4: loss {events['loss'][4]:.7f} vs "
+        f"{float(ref[3]['metrics']['loss']):.7f} (1 device, uninterrupted)")
+
+
+# ----------------------------------------------------------------- start-up and refusals
+
+
+def test_batch_not_divisible_is_refused_before_compiling(tmp_path):
+  compiles = []
+
+  def listener(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(duration)
+
+  c = _config(0, steps=1)
+  c.train.batch_size = 12
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    with pytest.raises(ValueError, match=r"batch_size=12 .* number of devices \(8\)"):
+      train.pretrain(c, str(tmp_path))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []
+
+
+def _cfg(**distributed):
+  c = _config()
+  for k, v in distributed.items():
+    c.distributed[k] = v
+  return c
+
+
+def test_distributed_settings_from_config_then_environment():
+  assert parallel.distributed_settings(_cfg(), environ={}) == {}
+  env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+         "JAX_PROCESS_ID": "2", "JAX_LOCAL_DEVICE_IDS": "0,1"}
+  assert parallel.distributed_settings(_cfg(), environ=env) == dict(
+      coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2,
+      local_device_ids=[0, 1])
+  # A field set in the config wins over its variable; the others still come from the variables.
+  got = parallel.distributed_settings(
+      _cfg(coordinator_address="host0:9999", process_id=0, local_device_ids=(3,)), environ=env)
+  assert got == dict(coordinator_address="host0:9999", num_processes=4, process_id=0,
+                     local_device_ids=[3])
+
+
+def test_single_host_and_single_task_clusters_start_nothing(monkeypatch):
+  for var in list(os.environ):
+    if var.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_",
+                       "OMPI_", "TPU_", "MEGASCALE_", "KUBERNETES_")):
+      monkeypatch.delenv(var)
+  assert parallel.detect_cluster() is None
+  assert parallel.initialize_distributed(_cfg()) is False
+  # `sbatch` without srun: a SLURM environment with one task is not a multi-host run.
+  for var, value in dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node1", SLURM_NTASKS="1",
+                         SLURM_PROCID="0", SLURM_LOCALID="0").items():
+    monkeypatch.setenv(var, value)
+  assert parallel.detect_cluster() is not None
+  assert parallel.initialize_distributed(_cfg()) is False
+  assert not jax.distributed.is_initialized()
+
+
+def test_incomplete_explicit_settings_are_refused(monkeypatch):
+  for var in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri"):
+    monkeypatch.delenv(var, raising=False)
+  with pytest.raises(ValueError, match=r"distributed.num_processes .* distributed.process_id"):
+    parallel.initialize_distributed(_cfg(coordinator_address="127.0.0.1:1"))
+  assert not jax.distributed.is_initialized()

@@ -1,0 +1,130 @@
+"""End-to-end pretraining on the tiny digits config: checkpoints, event files, exact resume."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util import tensor_util
+
+from configs import digits
+from simclr_jax import checkpoint, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(steps):
+  c = digits.get_config("tiny")
+  c.train.steps = steps
+  return c
+
+
+def _scalars(workdir):
+  """{tag: {step: value}} from the TensorBoard event files (clu writes scalars as tensors)."""
+  files = glob.glob(os.path.join(workdir, "events.out.tfevents*"))
+  assert files, f"no event files in {workdir}"
+  out = {}
+  for f in files:
+    acc = EventAccumulator(f, size_guidance={"tensors": 0})
+    acc.Reload()
+    for tag in acc.Tags()["tensors"]:
+      for ev in acc.Tensors(tag):
+        value = tensor_util.make_ndarray(ev.tensor_proto)
+        # Scalars are 0-d tensors; images (augment/views) are stored as encoded strings.
+        out.setdefault(tag, {})[ev.step] = float(value) if value.ndim == 0 else value
+  return out
+
+
+def _params(workdir, step):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  mngr.close()
+  return jax.tree.map(np.asarray, state["params"]), int(state["step"])
+
+
+class SimulatedCrash(RuntimeError):
+  pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A 3-step run killed right after its step-2 checkpoint, then started again with the same
+  command; and the same 3-step run uninterrupted."""
+  interrupted = str(tmp_path_factory.mktemp("interrupted"))
+  straight = str(tmp_path_factory.mktemp("straight"))
+  real_save = checkpoint.save
+
+  def save_then_crash(manager, step, *args, **kwargs):
+    saved = real_save(manager, step, *args, **kwargs)
+    if step == 2:
+      manager.wait_until_finished()
+      raise SimulatedCrash(f"killed after step {step}")
+    return saved
+
+  train.checkpoint.save = save_then_crash
+  try:
+    with pytest.raises(SimulatedCrash):
+      train.pretrain(_config(3), interrupted)
+  finally:
+    train.checkpoint.save = real_save
+  steps_after_crash = ocp.CheckpointManager(os.path.join(interrupted, "checkpoints")).all_steps()
+  events_after_crash = _scalars(interrupted)
+  train.pretrain(_config(3), interrupted)      # the same command again: resumes at step 2
+  last = train.pretrain(_config(3), straight)
+  return dict(interrupted=interrupted, straight=straight, last=last,
+              steps_after_crash=steps_after_crash, events_after_crash=events_after_crash)
+
+
+def test_killed_run_left_checkpoint_and_events(runs):
+  assert 2 in runs["steps_after_crash"] and 3 not in runs["steps_after_crash"]
+  params, step = _params(runs["interrupted"], 2)
+  assert step == 2
+  ev = runs["events_after_crash"]
+  for tag in ("loss", "contrastive_accuracy", "learning_rate", "images_per_sec", "l2_grads"):
+    assert set(ev[tag]) == {1, 2}, tag
+  # The augmentation grid (original | view 1 | view 2) is logged once, as a PNG, at step 0.
+  (png,) = [v for v in ev["augment/views"].values()]
+  assert png.dtype == object and bytes(png[-1]).startswith(b"\x89PNG")
+  # Learning rate logged at step s is the schedule at s-1: linear warm-up from 0 to
+  # base_lr * B / 256 over round(warmup_epochs * steps_per_epoch) steps, at most the run's 3.
+  c = _config(3)
+  peak = c.optim.base_lr * c.train.batch_size / 256
+  warmup = min(round(c.optim.warmup_epochs * (1437 // c.train.batch_size)), 3)
+  assert ev["learning_rate"][1] == pytest.approx(0.0, abs=1e-12)
+  assert ev["learning_rate"][2] == pytest.approx(peak / warmup, rel=1e-5)
+  # NT-Xent of an untrained model on 2B = 64 views is near log(2B - 1).
+  assert abs(ev["loss"][1] - np.log(2 * c.train.batch_size - 1)) < 0.5
+
+
+def test_restarted_run_resumes_exactly(runs):
+  resumed, straight = _scalars(runs["interrupted"]), _scalars(runs["straight"])
+  assert set(resumed["loss"]) == {1, 2, 3}
+  assert straight["loss"][3] == pytest.approx(runs["last"]["loss"], rel=1e-6)
+  for tag in ("loss", "contrastive_accuracy", "learning_rate", "l2_grads"):
+    assert resumed[tag][3] == pytest.approx(straight[tag][3], rel=1e-5), tag
+  p_resumed, s1 = _params(runs["interrupted"], 3)
+  p_straight, s2 = _params(runs["straight"], 3)
+  assert s1 == s2 == 3
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               p_resumed, p_straight)
+
+
+def test_batch_size_not_divisible_by_devices_is_refused():
+  c = _config(1)
+  c.train.batch_size = 12
+  with pytest.raises(ValueError, match=r"batch_size=12 .* number of devices \(8\)"):
+    train.build(c, 1437)
+
+
+def test_unknown_config_key_is_refused():
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"),
+       "--config", os.path.join(ROOT, "configs", "digits.py"), "--workdir", "/nonexistent",
+       "--config.train.bacth_size=3"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "bacth_size" in proc.stderr
