@@ -198,9 +198,12 @@ def steps(two_processes):  # noqa: ARG001  (started first: it runs while this co
   # One tx object for every run, keeping the gradient in the optimizer state.
   tx = optax.chain(_keep_grads(), setups[1].tx)
   setups = {n: dataclasses.replace(s, tx=tx) for n, s in setups.items()}
+  t0, c0 = time.perf_counter(), time.process_time()
   state0 = jax.device_get(train.init_state(setups[1], init_rng))
+  print(f"\ninit_state in {time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU)")
 
   def run(setup, batch=batches[0], model=None, patch_loss=False):
+    t0, c0 = time.perf_counter(), time.process_time()
     if model is not None:
       setup = dataclasses.replace(setup, model=model)
     with pytest.MonkeyPatch.context() as mp:
@@ -211,6 +214,8 @@ def steps(two_processes):  # noqa: ARG001  (started first: it runs while this co
       device_batch = train._device_batch(setup.mesh, batch)
       compiled = step.lower(state, device_batch).compile(compiler_options=FAST_COMPILE)
     new_state, metrics = compiled(state, device_batch)
+    print(f"compiled and ran a {setup.mesh.devices.size}-device step in "
+          f"{time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU)")
     return dict(state=jax.device_get(new_state), metrics=jax.device_get(metrics),
                 hlo=compiled.as_text(), compiled=compiled, mesh=setup.mesh)
 
@@ -243,13 +248,19 @@ def steps(two_processes):  # noqa: ARG001  (started first: it runs while this co
 # ---------------------------------------------------------------------------- comparisons
 
 
+def _leaf_scales(tree):
+  """Each leaf's L2 norm, floored at 1% of the largest (see _assert_tree_close)."""
+  norms = [float(np.linalg.norm(np.ravel(y))) for y in jax.tree.leaves(tree)]
+  return [max(n, 1e-2 * max(norms)) for n in norms]
+
+
 def _differences(a, b):
-  """Per leaf of b: (max |a - b|, max |a - b| / max |b|)."""
+  """Per leaf of b: (max |a - b|, max |a - b| / the leaf's scale)."""
   out = {}
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    d = float(np.abs(x - y).max()) if x.size else 0.0
-    out[jax.tree_util.keystr(path)] = (d, d / max(float(np.abs(y).max()), 1e-30))
+  for ((path, x), y), scale in zip(zip(jax.tree_util.tree_leaves_with_path(a),
+                                       jax.tree.leaves(b)), _leaf_scales(b)):
+    d = float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max())
+    out[jax.tree_util.keystr(path)] = (d, d / max(scale, 1e-30))
   return out
 
 
@@ -262,12 +273,9 @@ def _assert_tree_close(a, b, what):
   hold pure rounding noise: their scale is floored at 1% of the tree's largest leaf norm.
   """
   assert jax.tree.structure(a) == jax.tree.structure(b), what
-  norms = [float(np.linalg.norm(np.ravel(y))) for y in jax.tree.leaves(b)]
-  floor = 1e-2 * max(norms)
-  for ((path, x), y), norm in zip(zip(jax.tree_util.tree_leaves_with_path(a),
-                                      jax.tree.leaves(b)), norms):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=RTOL,
-                               atol=RTOL * max(norm, floor),
+  for ((path, x), y), scale in zip(zip(jax.tree_util.tree_leaves_with_path(a),
+                                       jax.tree.leaves(b)), _leaf_scales(b)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=RTOL * scale,
                                err_msg=f"{what}{jax.tree_util.keystr(path)}")
 
 
@@ -287,11 +295,11 @@ def _report(name, run, ref):
   s, r = run["state"], ref["state"]
   for what, (a, b) in dict(grads=(s.opt_state[0], r.opt_state[0]), params=(s.params, r.params),
                            batch_stats=(s.batch_stats, r.batch_stats),
-                           metrics=(run["metrics"], ref["metrics"])).items():
+                           opt_state=(s.opt_state[1], r.opt_state[1])).items():
     d = _differences(a, b)
     worst = max(d, key=lambda k: d[k][1])
     print(f"{name} vs 1 device, {what}: max |diff| {max(v[0] for v in d.values()):.3g}; "
-          f"max |diff| / leaf max {d[worst][1]:.3g} ({worst})")
+          f"max |diff| / leaf norm {d[worst][1]:.3g} ({worst})")
 
 
 def test_eight_devices_equal_one_device(steps):
@@ -304,6 +312,8 @@ def test_eight_devices_equal_one_device(steps):
   moved = _differences(one["state"].params, steps["state0"].params)
   assert min(d for d, _ in moved.values()) > 0, "every parameter changes in the update"
   print()
+  for k in sorted(m):
+    print(f"metric {k}: 1 device {float(m[k]):.8g}, 8 devices {float(eight['metrics'][k]):.8g}")
   _report("8 devices", eight, one)
   _compare(eight, one)
 
@@ -319,6 +329,9 @@ def test_per_device_bugs_fail_the_comparison(steps, bug):
     _compare(steps[bug], steps["one"])
   # Not a float-noise failure: the loss itself is clearly off.
   rel = abs(float(steps[bug]["metrics"]["loss"]) / float(steps["one"]["metrics"]["loss"]) - 1)
+  print(f"\n{bug}: loss {float(steps[bug]['metrics']['loss']):.6f} vs "
+        f"{float(steps['one']['metrics']['loss']):.6f} on 1 device")
+  _report(bug, steps[bug], steps["one"])
   assert rel > 1e-3, rel
 
 
