@@ -120,12 +120,12 @@ def detect_cluster():
   JobSets: JAX's own detectors, so the answer is exactly what a bare initialize() would use
   (mpi4py is opt-in in JAX and is not tried here either).
   """
-  try:
+  try:  # private API (jax 0.10): the list jax.distributed.initialize() itself walks
     from jax._src import clusters  # pylint: disable=g-import-not-at-top
-    candidates = [env for env in clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
-                  if not getattr(env, "opt_in_only_method", False)]
-  except (ImportError, AttributeError):  # private API moved: look at the variables ourselves
+    registered = clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+  except (ImportError, AttributeError):  # moved: look at the variables ourselves
     return _detect_cluster_from_variables()
+  candidates = [env for env in registered if not getattr(env, "opt_in_only_method", False)]
   for env in candidates:
     try:
       if env.is_env_present():
@@ -172,27 +172,30 @@ def initialize_distributed(config=None) -> bool:
   if jax.distributed.is_initialized():
     return True
   settings = distributed_settings(config)
+  device_ids = settings.pop("local_device_ids", None)
+  env = detect_cluster()
   if settings:
-    if "coordinator_address" in settings and detect_cluster() is None:
-      missing = [k for k in ("num_processes", "process_id") if k not in settings]
-      if missing:
-        raise ValueError(
-            f"multi-host start with coordinator {settings['coordinator_address']!r} needs "
-            + " and ".join(f"distributed.{k} (or {_ENV[k]})" for k in missing)
-            + " on every process")
-    logging.info("jax.distributed.initialize(%s)",
-                 ", ".join(f"{k}={v!r}" for k, v in settings.items()))
-    jax.distributed.initialize(**settings)
+    missing = [k for k in _ENV if k != "local_device_ids" and k not in settings]
+    if missing and env is None:
+      raise ValueError(
+          f"multi-host start with {settings} needs "
+          + " and ".join(f"distributed.{k} (or {_ENV[k]})" for k in missing)
+          + " too, on every process (no cluster environment to take them from)")
+  elif env is None:
+    if device_ids is not None:
+      logging.warning("distributed.local_device_ids=%s ignored: no multi-host start", device_ids)
+    return False
   else:
-    env = detect_cluster()
-    if env is None:
-      return False
     name = getattr(env, "__name__", env)
     if not isinstance(env, str) and _cluster_process_count(env) == 1:
       logging.info("%s environment with a single process: no distributed start", name)
       return False
-    logging.info("%s environment detected: jax.distributed.initialize()", name)
-    jax.distributed.initialize()
+    logging.info("%s environment detected", name)
+  if device_ids is not None:
+    settings["local_device_ids"] = device_ids
+  logging.info("jax.distributed.initialize(%s)",
+               ", ".join(f"{k}={v!r}" for k, v in settings.items()))
+  jax.distributed.initialize(**settings)
   logging.info("process %d of %d; %d local devices, %d in all", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

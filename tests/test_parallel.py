@@ -4,13 +4,14 @@
   on a mesh of 8 emulated devices against a mesh of 1, same state and global batch: loss,
   metrics, the gradients themselves, params / batch_stats / optimizer state after the update.
   A per-device loss (no all_gather) and per-device BatchNorm fail the same comparison.
-* 2 processes x 2 devices (jax.distributed on 127.0.0.1, scripts/pretrain.py) train 3 steps
-  with checkpoints and log the losses of the 1-device run; a second 2-process invocation
-  resumes from their checkpoint to step 4, again on the 1-device trajectory.
+* 2 processes x 2 devices (jax.distributed on 127.0.0.1, scripts/pretrain.py) train 3 steps,
+  checkpointing each; a second 2-process invocation resumes from their checkpoint to step 4.
+  Every logged step and every checkpoint is compared with the same step on 1 device from the
+  same state, and the free-running losses with the uninterrupted 1-device run.
 * Multi-host start settings, and the batch-size check before anything compiles.
 
-Compile time dominates: every step function is compiled once, and the 2-process run is
-started first so that it overlaps the in-process compiles.
+Compile time dominates: every step function is compiled once (at -O0), and the 2-process run
+is started first so that it overlaps the in-process compiles.
 """
 
 import dataclasses
@@ -50,13 +51,13 @@ OVERRIDES = {
     "model.online_dropout": 0.0,    # dropout masks are drawn per device: not invariant
     "optim.warmup_epochs": 0.0,     # a real LARS update from the first step, and an lr that
     "optim.schedule": "constant",   # does not depend on train.steps (3, then resumed to 4)
-    "train.checkpoint_every": 2,
+    "train.checkpoint_every": 1,    # every step of the 2-process run is checked from its state
 }
 REF_STEPS = 4
 # XLA:CPU's LLVM -O2 is half of the step's compile time; -O0 changes no HLO pass: shardings,
 # collectives and the math are the same. Used in-process and by the worker processes.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-WORKER_TIMEOUT = 400   # s per invocation; then every process of it is killed (STACK trap 5)
+WORKER_TIMEOUT = 300   # s per invocation; then every process of it is killed (STACK trap 5)
 
 
 def _config(num_devices: int = 0, steps: int = 3):
@@ -242,6 +243,7 @@ def steps(two_processes):  # noqa: ARG001  (started first: it runs while this co
     trajectory.append(dict(step=i, metrics=jax.device_get(metrics),
                            state=jax.device_get(state)))
   out["trajectory"] = trajectory
+  out["batches"] = batches
   return out
 
 
@@ -264,7 +266,7 @@ def _differences(a, b):
   return out
 
 
-def _assert_tree_close(a, b, what):
+def _assert_tree_close(a, b, what, rtol=RTOL):
   """Every entry within RTOL of itself or of its leaf's L2 norm.
 
   Summing in another order (per-device partial sums, then psum) moves an entry by ~1e-6 of
@@ -275,7 +277,7 @@ def _assert_tree_close(a, b, what):
   assert jax.tree.structure(a) == jax.tree.structure(b), what
   for ((path, x), y), scale in zip(zip(jax.tree_util.tree_leaves_with_path(a),
                                        jax.tree.leaves(b)), _leaf_scales(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=RTOL, atol=RTOL * scale,
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol * scale,
                                err_msg=f"{what}{jax.tree_util.keystr(path)}")
 
 
@@ -365,53 +367,95 @@ def _scalars(workdir):
   return out
 
 
-def _restore_state(workdir, step):
+def _restore_state(workdir, step, template):
   """The `state` item of a checkpoint, restored onto one local device whatever wrote it."""
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=one),
+                        template)
   with ocp.StandardCheckpointer() as ckpt:
-    meta = ckpt.metadata(path)
-    tree = getattr(meta, "item_metadata", meta)
-    tree = getattr(tree, "tree", tree)
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one), tree)
-    return jax.device_get(ckpt.restore(path, target))
+    return jax.device_get(ckpt.restore(
+        os.path.join(workdir, "checkpoints", str(step), "state"), target))
 
 
-def _check_against_reference(workdir, ref, steps_expected):
+def _one_device_step_from_checkpoint(steps, workdir, step):
+  """Step `step + 1` computed on 1 device from the 2-process run's checkpoint of `step`."""
+  state0, one = steps["state0"], steps["one"]
+  restored = _restore_state(workdir, step, state0.replace(opt_state=state0.opt_state[1]))
+  assert int(restored.step) == step
+  state = restored.replace(opt_state=(state0.opt_state[0], restored.opt_state))  # + grads slot
+  new_state, metrics = one["compiled"](jax.device_put(state, parallel.replicated(one["mesh"])),
+                                       train._device_batch(one["mesh"], steps["batches"][step]))
+  return jax.device_get(metrics), jax.device_get(new_state)
+
+
+# Gradients are not continuous: a ReLU input within rounding (~1e-6) of 0 takes one side in one
+# program and the other side in another. From one and the same state (the 2-process run's
+# checkpoint of step 2) the 1-device step compiled at -O0 and at -O2 gave identical losses
+# but gradients up to 6e-3 of a leaf's norm apart (one element of a 4x4 stage-3 feature map
+# switches, and its cotangent reaches every layer below). Such a flip happens every few steps
+# here. So past step 1 what goes through a gradient (gradient and update norms, the updated
+# parameters and momentum) is held to GRAD_RTOL, forward values stay at RTOL -- and they are
+# computed from the checkpoints, so they check those to RTOL too. A wrong factor, a missing
+# psum or a wrong batch is off by far more.
+GRAD_RTOL = 1e-2
+FORWARD = ("loss", "contrastive_loss", "contrastive_accuracy", "contrastive_entropy",
+           "online_loss", "online_accuracy", "learning_rate", "l2_params")
+
+
+def _check_steps(steps, workdir, checked):
+  """Each step of the 2-process run against the same step on 1 device from the same state:
+  step 1 from the common initial state (everything at RTOL, as for 8 vs 1 devices), step
+  s > 1 from the run's own checkpoint of s - 1 (forward values at RTOL, see GRAD_RTOL).
+
+  Restarting the 1-device computation from the run's state at every step, rather than
+  comparing two free-running trajectories, keeps one flip from spreading over later steps.
+  """
   events = _scalars(workdir)
-  assert set(events["loss"]) == set(steps_expected)
-  for s in steps_expected:
-    for tag in ("loss", "contrastive_accuracy", "online_loss", "l2_grads"):
-      np.testing.assert_allclose(events[tag][s], ref[s - 1]["metrics"][tag], rtol=RTOL,
-                                 atol=1e-7, err_msg=f"{tag} at step {s}")
-  last = steps_expected[-1]
-  restored = _restore_state(workdir, last)
-  assert int(restored["step"]) == last
-  _assert_tree_close(restored["params"], ref[last - 1]["state"].params, f"params@{last}")
-  _assert_tree_close(restored["batch_stats"], ref[last - 1]["state"].batch_stats,
-                     f"batch_stats@{last}")
+  state0 = steps["state0"]
+  for s in checked:
+    if s == 1:
+      metrics, state = steps["one"]["metrics"], steps["one"]["state"]
+    else:
+      metrics, state = _one_device_step_from_checkpoint(steps, workdir, s - 1)
+    exact = s == 1
+    rel = {k: abs(events[k][s] / float(v) - 1) if float(v) else abs(events[k][s])
+           for k, v in metrics.items()}
+    worst = max((k for k in rel if k in FORWARD), key=rel.get)
+    print(f"\nstep {s} of 2 processes vs 1 device from the same state: {worst} {rel[worst]:.2g}"
+          f" (largest of the forward values), l2_grads {rel['l2_grads']:.2g}", end="")
+    for tag, value in metrics.items():
+      rtol = RTOL if exact or tag in FORWARD else GRAD_RTOL
+      np.testing.assert_allclose(events[tag][s], value, rtol=rtol, atol=1e-7,
+                                 err_msg=f"{tag} at step {s}")
+    written = _restore_state(workdir, s, state0.replace(opt_state=state0.opt_state[1]))
+    _assert_tree_close(written.batch_stats, state.batch_stats, f"batch_stats@{s}")
+    _assert_tree_close(written.params, state.params, f"params@{s}",
+                       rtol=RTOL if exact else GRAD_RTOL)
+    _assert_tree_close(written.opt_state, state.opt_state[1], f"opt_state@{s}",
+                       rtol=RTOL if exact else GRAD_RTOL)
   return events
 
 
+# Free-running, the losses drift apart after a flip (see GRAD_RTOL): by ~1e-4 at step 4 here.
+# One update more or less moves a loss by ~2e-2 here, another batch by a few 1e-2.
+TRAJECTORY_RTOL = 2e-3
+
+
 def test_two_processes_train_like_one_device_and_resume(two_processes, steps):
-  ref = steps["trajectory"]
-  workdir = two_processes.workdir
+  workdir, ref = two_processes.workdir, steps["trajectory"]
   assert two_processes.wait() == [0, 0], two_processes.tails()
-  logs = two_processes.read_logs()
-  for pid, log in enumerate(logs):
+  for pid, log in enumerate(two_processes.read_logs()):
     assert f"process {pid} of 2; 2 local devices, 4 in all" in log, log[-3000:]
   assert len(glob.glob(os.path.join(workdir, "events.out.tfevents*"))) == 1  # process 0 only
-  events = _check_against_reference(workdir, ref, [1, 2, 3])
-  print(f"\n2 processes x 2 devices vs 1 device, loss by step: "
-        + ", ".join(f"{s}: {events['loss'][s]:.7f} vs {float(ref[s - 1]['metrics']['loss']):.7f}"
-                    for s in (1, 2, 3)))
+  events = _check_steps(steps, workdir, [1, 2, 3])
+  assert set(events["loss"]) == {1, 2, 3}
   # Each process saved its own data-iterator position into the same checkpoint.
   for pid in range(2):
     with open(os.path.join(workdir, "checkpoints", "3", "data_iter",
                            f"process_{pid}-of-2.json")) as f:
       assert json.load(f)["next_index"] == 3
 
-  # The same workdir again, 2 processes (configured through JAX_* variables): resumes at 3.
+  # The same workdir again, 2 processes configured through JAX_* variables: resumes at 3.
   resumed = _Processes(workdir, steps=REF_STEPS, via="env")
   try:
     assert resumed.wait() == [0, 0], resumed.tails()
@@ -419,9 +463,13 @@ def test_two_processes_train_like_one_device_and_resume(two_processes, steps):
     resumed.kill()
   for log in resumed.read_logs():
     assert "Resuming from" in log and "at step 3" in log, log[-3000:]
-  events = _check_against_reference(workdir, ref, [1, 2, 3, 4])
-  print(f"resumed to step 4: loss {events['loss'][4]:.7f} vs "
-        f"{float(ref[3]['metrics']['loss']):.7f} (1 device, uninterrupted)")
+  events = _check_steps(steps, workdir, [4])
+  assert set(events["loss"]) == {1, 2, 3, 4}
+  print("\n2 processes x 2 devices, loss by step (1 device, uninterrupted):")
+  for s in (1, 2, 3, 4):
+    want = float(ref[s - 1]["metrics"]["loss"])
+    print(f"  {s}: {events['loss'][s]:.7f} ({want:.7f})")
+    np.testing.assert_allclose(events["loss"][s], want, rtol=TRAJECTORY_RTOL)
 
 
 # ----------------------------------------------------------------- start-up and refusals
@@ -473,6 +521,7 @@ def test_single_host_and_single_task_clusters_start_nothing(monkeypatch):
       monkeypatch.delenv(var)
   assert parallel.detect_cluster() is None
   assert parallel.initialize_distributed(_cfg()) is False
+  assert parallel.initialize_distributed(_cfg(local_device_ids=(0,))) is False  # ids alone
   # `sbatch` without srun: a SLURM environment with one task is not a multi-host run.
   for var, value in dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node1", SLURM_NTASKS="1",
                          SLURM_PROCID="0", SLURM_LOCALID="0").items():
@@ -483,8 +532,12 @@ def test_single_host_and_single_task_clusters_start_nothing(monkeypatch):
 
 
 def test_incomplete_explicit_settings_are_refused(monkeypatch):
-  for var in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri"):
+  for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
+              "OMPI_MCA_orte_hnp_uri"):
     monkeypatch.delenv(var, raising=False)
   with pytest.raises(ValueError, match=r"distributed.num_processes .* distributed.process_id"):
     parallel.initialize_distributed(_cfg(coordinator_address="127.0.0.1:1"))
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  with pytest.raises(ValueError, match=r"distributed.coordinator_address \(or JAX_COORDINATOR_"):
+    parallel.initialize_distributed(_cfg(num_processes=2))
   assert not jax.distributed.is_initialized()
