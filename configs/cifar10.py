@@ -55,15 +55,7 @@ def get_config(arg=None):
   c.train.epochs = 1000
   c.train.checkpoint_every = 1000
   if arg == "tiny":
-    c.data.workers = 0
-    c.model.width_multiplier = 0.125
-    c.model.hidden_mlp = 32
-    c.model.feat_dim = 16
-    c.train.batch_size = 16
-    c.train.steps = 2
-    c.train.num_devices = 1         # compile time dominates: one device (STACK.md trap 9)
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2
+    default.shrink(c)
   elif arg:
     raise ValueError(f"configs/cifar10.py: unknown variant {arg!r}; expected 'tiny' or none")
   return c

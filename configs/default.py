@@ -118,3 +118,28 @@ def get_config(arg=None):
   c.distributed.process_id = -1           # -1 = not set; 0 .. num_processes-1
   c.distributed.local_device_ids = ()     # () = all local devices; e.g. 0,1 (one GPU per task)
   return c
+
+
+def shrink(c: ml_collections.ConfigDict, batch_size: int = 16, num_devices: int = 1,
+           image_size: int | None = None) -> ml_collections.ConfigDict:
+  """The 'tiny' variant every config offers for tests: the same pipeline, shrunk to seconds.
+
+  A ResNet-18 at width 1/8 with small heads, 2 steps, logging and checkpointing every step.
+  `num_devices=1` by default because compile time dominates such runs (STACK.md trap 9);
+  0 keeps every device (for tests of the sharded step).
+  """
+  if image_size:
+    c.data.image_size = image_size
+  c.data.workers = 0
+  c.model.backbone = "resnet18"
+  c.model.width_multiplier = 0.125
+  c.model.cifar_stem = True
+  c.model.hidden_mlp = 32
+  c.model.feat_dim = 16
+  c.model.online_hidden = 16
+  c.train.batch_size = batch_size
+  c.train.steps = 2
+  c.train.num_devices = num_devices
+  c.train.log_every = 1
+  c.train.checkpoint_every = 2
+  return c

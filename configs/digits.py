@@ -3,8 +3,10 @@
   python scripts/pretrain.py --config configs/digits.py --workdir runs/digits --linear_eval
 
 1437 train digits (8x8 upsampled to 32x32, one channel), ResNet-18 CIFAR stem at width 0.25,
-LARS, batch 256. Expect on 2 CPU cores: see README.md § Results (probe test accuracy of the
-pretrained encoder vs the same encoder at random initialisation and raw pixels).
+random resized crops of 50-100 % of the digit, LARS lr 3.0, batch 256, 20 epochs (100 steps).
+Expect on 2 CPU cores, in about 8 minutes: probe test accuracy about 0.99 for the pretrained
+encoder against about 0.97 at random initialisation and 0.96 on raw pixels (README.md § Results
+has the measured numbers).
 
 `get_config('tiny')` is the same pipeline shrunk for tests (a few steps, width 1/8).
 """
@@ -23,20 +25,19 @@ def get_config(arg=None):
   c.model.cifar_stem = True
   c.model.hidden_mlp = 256
   c.model.feat_dim = 64
+  # Crops of at least half the digit: at 8x8 source pixels a 20 % crop is a blurred stroke
+  # fragment, and pairs of those taught the encoder less (probe 0.95 vs 0.92 after 10 epochs).
+  c.augment.crop_scale = (0.5, 1.0)
   c.train.batch_size = 256
   c.train.epochs = 20               # 100 steps
   c.train.log_every = 20
-  c.optim.base_lr = 1.0             # LARS: 1.0 * 256 / 256 (beat 0.3 and Adam 1e-3 here)
+  # A 100-step run wants a larger step than SimCLR's 1000-epoch CIFAR recipe (LARS 1.0):
+  # after 10 epochs, 5-fold probe accuracy 0.950 at 1.0, 0.966 at 3.0, 0.968 at 6.0.
+  c.optim.base_lr = 3.0             # LARS: 3.0 * 256 / 256
   c.optim.warmup_epochs = 5.0
   c.eval.baselines = ("random_init", "raw_pixels")
   if arg == "tiny":
-    c.model.width_multiplier = 0.125
-    c.model.hidden_mlp = 32
-    c.model.feat_dim = 16
-    c.train.batch_size = 32
-    c.train.steps = 2
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2
+    default.shrink(c, batch_size=32, num_devices=0)   # all devices: tests shard this one
     c.eval.batch_size = 64
     c.eval.c_grid = (1.0,)
   elif arg:

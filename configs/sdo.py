@@ -86,15 +86,7 @@ def get_config(arg=None):
     c.train.epochs = 20
     c.optim.warmup_epochs = 2.0
   if arg == "tiny":
-    c.data.image_size = 32
-    c.model.width_multiplier = 0.125
-    c.model.hidden_mlp = 32
-    c.model.feat_dim = 16
-    c.train.batch_size = 16
-    c.train.steps = 2
-    c.train.num_devices = 1         # compile time dominates: one device (STACK.md trap 9)
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2
+    default.shrink(c, image_size=32)
   elif arg not in (None, "", "hmi"):
     raise ValueError(f"configs/sdo.py: unknown variant {arg!r}; expected 'hmi', 'tiny' or none")
   return c

@@ -19,7 +19,7 @@ SolarNet's SDOBenchmark results (supervised baseline TSS 0.607; SimCLR pretraine
 fine-tuned 0.646). `configs/sdobenchmark.py:tiny` is the same shrunk for tests.
 """
 
-from configs import sdo
+from configs import default, sdo
 
 
 def get_config(arg=None):
@@ -39,19 +39,7 @@ def get_config(arg=None):
   c.train.batch_size = 256
   c.train.epochs = 500
   if arg == "tiny":
-    c.data.image_size = 32
-    c.data.workers = 0
-    c.model.backbone = "resnet18"
-    c.model.width_multiplier = 0.125
-    c.model.cifar_stem = True
-    c.model.hidden_mlp = 32
-    c.model.feat_dim = 16
-    c.model.online_hidden = 16
-    c.train.batch_size = 16
-    c.train.steps = 2
-    c.train.num_devices = 1         # compile time dominates: one device (STACK.md trap 9)
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2
+    default.shrink(c, image_size=32)
     c.optim.warmup_epochs = 1.0
   elif arg:
     raise ValueError(f"configs/sdobenchmark.py: unknown variant {arg!r}; expected 'tiny' or none")

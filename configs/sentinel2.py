@@ -74,13 +74,7 @@ def get_config(arg=None):
     c.train.num_devices = 1
     c.train.epochs = 50
   if arg == "tiny":
-    c.data.image_size = 32
-    c.model.width_multiplier = 0.125
-    c.model.hidden_mlp = 32
-    c.model.feat_dim = 16
-    c.train.steps = 2               # compile time dominates: one device (STACK.md trap 9)
-    c.train.log_every = 1
-    c.train.checkpoint_every = 2
+    default.shrink(c, batch_size=4, image_size=32)
   elif arg not in (None, "", "example"):
     raise ValueError(f"configs/sentinel2.py: unknown variant {arg!r}; expected 'example', "
                      "'tiny' or none")

@@ -31,6 +31,17 @@ def _last_bn_scale_init(zero: bool) -> Callable:
   return nn.initializers.zeros if zero else nn.initializers.ones
 
 
+def _shortcut(block: nn.Module, x, out_shape, strides):
+  """The residual branch: identity, or torchvision's 1x1 strided conv + BN where shapes change.
+
+  Called inside a block's compact __call__, so the layers get the block's names.
+  """
+  if x.shape == out_shape:
+    return x
+  x = block.conv(out_shape[-1], (1, 1), strides, padding="VALID", name="proj_conv")(x)
+  return block.norm(name="proj_bn")(x)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs; used by ResNet-18/34."""
 
@@ -51,11 +62,7 @@ class BasicBlock(nn.Module):
     y = self.conv(self.filters, (3, 3), padding=_pad(3), name="conv2")(y)
     # Zero-init of the last BN scale makes each block start as the identity (Goyal et al. 2017).
     y = self.norm(name="bn2", scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters, (1, 1), strides, padding="VALID",
-                           name="proj_conv")(residual)
-      residual = self.norm(name="proj_bn")(residual)
-    return nn.relu(residual + y)
+    return nn.relu(_shortcut(self, residual, y.shape, strides) + y)
 
 
 class Bottleneck(nn.Module):
@@ -79,11 +86,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(self.norm(name="bn2")(y))
     y = self.conv(self.filters * self.expansion, (1, 1), padding="VALID", name="conv3")(y)
     y = self.norm(name="bn3", scale_init=_last_bn_scale_init(self.zero_init_residual))(y)
-    if residual.shape != y.shape:
-      residual = self.conv(self.filters * self.expansion, (1, 1), strides, padding="VALID",
-                           name="proj_conv")(residual)
-      residual = self.norm(name="proj_bn")(residual)
-    return nn.relu(residual + y)
+    return nn.relu(_shortcut(self, residual, y.shape, strides) + y)
 
 
 class ResNet(nn.Module):
