@@ -146,6 +146,20 @@ def table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def measure_row(row, src, cfg, workers, batch, batches, step_batch, args) -> dict:
+  """Fills `row` with the pipeline's rate per worker count and (unless --skip_step) the train
+  step's rate for `cfg`, printing each measurement as it lands."""
+  row["pipeline"] = []
+  for w in workers:
+    row["pipeline"].append(measure_pipeline(src, batch, w, batches))
+    print(json.dumps(row["pipeline"][-1]), flush=True)
+  if not args.skip_step:
+    row["step"] = measure_step_or_fallback(cfg, step_batch, args.step_iters)
+    row["step"]["config_batch"] = cfg.train.batch_size
+    print(json.dumps(row["step"]), flush=True)
+  return row
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--cifar", default=os.path.join(ROOT, "..", "shared", "data", "cifar10",
@@ -181,15 +195,9 @@ def main(argv=None):
   cfg = cifar10.get_config()
   cfg.data.path = args.cifar
   src = sources.make_source(cfg.data, "train")
-  row = {"name": "CIFAR-10 npz, 32x32x3 (cifar10)", "n": len(src), "pipeline": []}
-  for w in workers:
-    row["pipeline"].append(measure_pipeline(src, args.cifar_batch, w, args.cifar_batches))
-    print(json.dumps(row["pipeline"][-1]), flush=True)
-  if not args.skip_step:
-    row["step"] = measure_step_or_fallback(cfg, args.step_batch_cifar, args.step_iters)
-    row["step"]["config_batch"] = cfg.train.batch_size
-    print(json.dumps(row["step"]), flush=True)
-  results["rows"].append(row)
+  row = {"name": "CIFAR-10 npz, 32x32x3 (cifar10)", "n": len(src)}
+  results["rows"].append(measure_row(row, src, cfg, workers, args.cifar_batch,
+                                     args.cifar_batches, args.step_batch_cifar, args))
   del src
 
   # Synthetic SDOML tree.
@@ -205,15 +213,9 @@ def main(argv=None):
     cfg.data.path = root
     src = sources.make_source(cfg.data, "train")
     row = {"name": "SDOML npz 512x512 -> 128, 1 channel (sdo)", "n": len(src),
-           "synthetic": not args.sdoml_dir, "pipeline": []}
-    for w in workers:
-      row["pipeline"].append(measure_pipeline(src, args.sdo_batch, w, args.sdo_batches))
-      print(json.dumps(row["pipeline"][-1]), flush=True)
-  if not args.skip_step:
-    row["step"] = measure_step_or_fallback(cfg, args.step_batch_sdo, args.step_iters)
-    row["step"]["config_batch"] = cfg.train.batch_size
-    print(json.dumps(row["step"]), flush=True)
-  results["rows"].append(row)
+           "synthetic": not args.sdoml_dir}
+    results["rows"].append(measure_row(row, src, cfg, workers, args.sdo_batch,
+                                       args.sdo_batches, args.step_batch_sdo, args))
 
   results["host"]["loadavg_end"] = list(os.getloadavg())
   results["wall_s"] = time.perf_counter() - t_start
