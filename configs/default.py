@@ -106,6 +106,7 @@ def get_config(arg=None):
   c.eval.batch_size = 256
   c.eval.val_fraction = 0.2         # of the labelled train split, to pick the L2 strength
   c.eval.c_grid = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)  # inverse L2 strengths tried
+  c.eval.select_by = "log_loss"     # pick C by validation log_loss (smooth) | accuracy
   c.eval.label_fractions = (1.0,)   # probe with these stratified fractions of the labels
   c.eval.baselines = ()             # ('random_init', 'raw_pixels') to report references too
 

@@ -21,6 +21,29 @@ def test_fit_probe_separates_separable_classes_and_picks_c_on_validation():
   assert r["C"] in (0.01, 1.0)
 
 
+def test_fit_probe_picks_c_by_validation_log_loss_where_accuracy_ties():
+  # Well-separated classes: every C classifies the validation split perfectly, so accuracy
+  # ties (-> the strongest regularisation), while cross-entropy keeps falling as C grows.
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.model_selection import train_test_split
+  from sklearn.preprocessing import StandardScaler
+  rng = np.random.default_rng(1)
+  y = np.repeat(np.arange(3), 40)
+  x = np.eye(3)[y] * 20 + rng.normal(size=(120, 3))
+  grid = (0.001, 0.1, 10.0)
+  by_acc = evaluate.fit_probe(x, y, x, y, grid, 0.25, seed=3, select_by="accuracy")
+  by_loss = evaluate.fit_probe(x, y, x, y, grid, 0.25, seed=3)
+  assert by_acc["C"] == 0.001 and by_acc["val_accuracy"] == 1.0
+  assert by_loss["C"] == 10.0
+  # The reported validation loss is the plain cross-entropy of that C's probabilities.
+  xs = StandardScaler().fit_transform(x)
+  i_fit, i_val = train_test_split(np.arange(120), test_size=0.25, stratify=y, random_state=3)
+  p = LogisticRegression(C=10.0, max_iter=2000).fit(xs[i_fit], y[i_fit]).predict_proba(xs[i_val])
+  assert np.isclose(by_loss["val_log_loss"], -np.mean(np.log(p[np.arange(len(i_val)), y[i_val]])))
+  with pytest.raises(ValueError, match="select_by"):
+    evaluate.fit_probe(x, y, x, y, grid, 0.25, select_by="f1")
+
+
 def test_fit_probe_on_raw_digits_matches_the_known_level():
   # 8x8 digits with a logistic regression: about 0.96 test accuracy (scikit-learn examples).
   d = load_digits()
