@@ -77,9 +77,9 @@ def fit_probe(x_train, y_train, x_test, y_test, c_grid, val_fraction, seed=0,
   val_acc, val_loss = {}, {}
   for c in c_grid:
     clf = LogisticRegression(C=c, max_iter=2000).fit(x_train[idx_fit], y_train[idx_fit])
-    val_acc[c] = float(clf.score(x_train[idx_val], y_train[idx_val]))
-    val_loss[c] = float(log_loss(y_train[idx_val], clf.predict_proba(x_train[idx_val]),
-                                 labels=classes))
+    proba = clf.predict_proba(x_train[idx_val])   # one pass serves both scores
+    val_acc[c] = float(np.mean(clf.classes_[proba.argmax(1)] == y_train[idx_val]))
+    val_loss[c] = float(log_loss(y_train[idx_val], proba, labels=classes))
   if select_by == "log_loss":
     best_c = min(c_grid, key=lambda c: (val_loss[c], c))
   else:
@@ -132,9 +132,9 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
 
 def _probe_fractions(name, x_tr, y_tr, x_te, y_te, ev, seed) -> list[dict]:
   out = []
-  # .get: workdirs written before eval.select_by existed keep working.
   for fraction in ev.label_fractions:
     idx = labels_lib.stratified_fraction(y_tr, fraction, seed)
+    # .get: workdirs written before eval.select_by existed keep working.
     r = fit_probe(x_tr[idx], y_tr[idx], x_te, y_te, tuple(ev.c_grid), ev.val_fraction, seed,
                   ev.get("select_by", "log_loss"))
     out.append({"features": name, "label_fraction": float(fraction), **r})

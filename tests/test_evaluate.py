@@ -6,6 +6,9 @@ import os
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
 
 from configs import digits
 from simclr_jax import evaluate, train
@@ -24,9 +27,6 @@ def test_fit_probe_separates_separable_classes_and_picks_c_on_validation():
 def test_fit_probe_picks_c_by_validation_log_loss_where_accuracy_ties():
   # Well-separated classes: every C classifies the validation split perfectly, so accuracy
   # ties (-> the strongest regularisation), while cross-entropy keeps falling as C grows.
-  from sklearn.linear_model import LogisticRegression
-  from sklearn.model_selection import train_test_split
-  from sklearn.preprocessing import StandardScaler
   rng = np.random.default_rng(1)
   y = np.repeat(np.arange(3), 40)
   x = np.eye(3)[y] * 20 + rng.normal(size=(120, 3))
