@@ -285,6 +285,24 @@ def grayscale(image: Array) -> Array:
   return jnp.broadcast_to(rgb_to_grayscale(image), image.shape)
 
 
+def _ordered_sum(x: Array, axes: Sequence[int]) -> Array:
+  """Sum over `axes` (keepdims) by pairwise halving with slices and elementwise adds.
+
+  XLA tiles a reduce by the shape it is compiled for, so jnp.sum of one image inside a vmap
+  over 4 or over 32 images can differ in the last bit, and a sample's views would then
+  depend on its per-device batch. Elementwise adds of slices have one order for any batch.
+  """
+  for axis in axes:
+    while x.shape[axis] > 1:
+      n, half = x.shape[axis], x.shape[axis] // 2
+      total = (jax.lax.slice_in_dim(x, 0, half, axis=axis)
+               + jax.lax.slice_in_dim(x, half, 2 * half, axis=axis))
+      if n % 2:
+        total = jnp.concatenate([total, jax.lax.slice_in_dim(x, 2 * half, n, axis=axis)], axis)
+      x = total
+  return x
+
+
 def _blend(a: Array, b, ratio) -> Array:
   return jnp.clip(ratio * a + (1.0 - ratio) * b, 0.0, 1.0)
 
@@ -296,7 +314,8 @@ def adjust_brightness(image: Array, factor) -> Array:
 
 def adjust_contrast(image: Array, factor) -> Array:
   """torchvision adjust_contrast: blend with the mean of the grayscale image."""
-  return _blend(image, jnp.mean(rgb_to_grayscale(image)), factor)
+  gray = rgb_to_grayscale(image)
+  return _blend(image, _ordered_sum(gray, (0, 1)) / gray.size, factor)
 
 
 def adjust_saturation(image: Array, factor) -> Array:
@@ -349,7 +368,7 @@ def gaussian_kernel1d(sigma, kernel_size: int) -> Array:
   x = jnp.arange(kernel_size, dtype=jnp.float32) - (kernel_size - 1) / 2.0
   x = x.reshape((kernel_size,) + (1,) * sigma.ndim)
   w = jnp.exp(-0.5 * (x / sigma) ** 2)
-  return w / jnp.sum(w, axis=0, keepdims=True)
+  return w / _ordered_sum(w, (0,))
 
 
 def gaussian_blur(image: Array, sigma, kernel_size: int) -> Array:
@@ -379,7 +398,7 @@ def solarize(image: Array, threshold, value_range=(0.0, 1.0)) -> Array:
 def adjust_contrast_mean(image: Array, factor, mean: str = "channel") -> Array:
   """(x - m) * factor + m, m the per-channel ('channel') or overall ('global') mean."""
   axes = (0, 1) if mean == "channel" else (0, 1, 2)
-  m = jnp.mean(image, axis=axes, keepdims=True)
+  m = _ordered_sum(image, axes) / math.prod(image.shape[a] for a in axes)
   return (image - m) * factor + m
 
 
