@@ -1,6 +1,6 @@
 """Host input pipeline throughput vs the train step it feeds (images/s).
 
-  python benchmarks/pipeline.py --cifar ../shared/data/cifar10/cifar10_train.npz
+  python benchmarks/pipeline.py --cifar /path/to/cifar10_train.npz
 
 Measures, for the cifar10 config (npz, uint8 32x32x3 -> /255) and the sdo config (SolarNet's
 sdo-dataset layout: a synthetic tree of 512x512 float16 npz magnetograms with NaN off-disk

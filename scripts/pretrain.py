@@ -37,5 +37,5 @@ def main(argv):
     evaluate.print_report(report)
 
 
-if __name__ == "__main__":  # the guard grain's worker processes need (STACK.md trap 7)
+if __name__ == "__main__":  # grain's worker processes are spawned and re-import this file
   app.run(main)

@@ -1,4 +1,5 @@
-"""Test setup: 8 emulated CPU devices, set before the first JAX operation (STACK.md trap 4)."""
+"""Test setup: 8 emulated CPU devices, set before the first JAX operation (device
+count flags are read once, when the CPU backend starts)."""
 
 import os
 

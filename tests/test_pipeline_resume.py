@@ -4,7 +4,7 @@ process, iterate M more: the batches equal those of K + M uninterrupted iteratio
 decoding in-process (a prefetch thread) and in 2 grain worker processes.
 
 The two runs are this file executed as a script (grain's workers are spawned processes: the
-`__main__` guard below is what keeps them from re-running it, STACK.md trap 7).
+`__main__` guard below is what keeps them from re-running it; grain spawns its workers).
 """
 
 import os
