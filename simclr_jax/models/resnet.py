@@ -14,7 +14,11 @@ from typing import Any, Callable, ClassVar, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from simclr_jax.models import conv as conv_lib
+
 ModuleDef = Any
+
+CONV_IMPLS = {"xla": None, "im2col": conv_lib.conv_general_dilated}   # None: flax's default
 
 # torchvision's init (kaiming_normal_, fan_out, relu): keeps activations of freshly initialised
 # deep ResNets at a sane scale, which matters for SimCLR's large-batch LARS warmup.
@@ -104,12 +108,19 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = False
+  # 'xla': lax.conv_general_dilated; 'im2col': the same convolutions as matrix products
+  # (models/conv.py), faster on CPUs. The parameters are the same either way.
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
     width = base_width(self.width_multiplier)
+    if self.conv_impl not in CONV_IMPLS:
+      raise ValueError(f"model.conv_impl={self.conv_impl!r}; expected one of "
+                       f"{', '.join(CONV_IMPLS)}")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=conv_kernel_init)
+                             kernel_init=conv_kernel_init,
+                             conv_general_dilated=CONV_IMPLS[self.conv_impl])
     norm = functools.partial(
         nn.BatchNorm,
         use_running_average=not train,

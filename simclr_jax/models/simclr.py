@@ -43,10 +43,11 @@ class SimCLRModel(nn.Module):
   online_dropout: float = 0.2
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
+  conv_impl: str = "xla"
 
   def setup(self):
     self.encoder = make_encoder(self.backbone, self.width_multiplier, self.cifar_stem,
-                                self.bn_axis_name, self.dtype)
+                                self.bn_axis_name, self.dtype, conv_impl=self.conv_impl)
     self.projection = ProjectionHead(self.hidden_mlp, self.feat_dim, self.proj_layers,
                                      bn_axis_name=self.bn_axis_name, dtype=self.dtype)
     if self.num_classes > 0:
@@ -80,6 +81,16 @@ def encoder_from_config(model_cfg, bn_axis_name: str | None = None) -> ResNet:
                       bn_axis_name, _dtype(model_cfg.dtype))
 
 
+def conv_impl(model_cfg) -> str:
+  """model.conv_impl, with 'auto' resolved for this host: im2col on CPUs, where XLA's own
+  convolutions run far below its matmul speed; XLA's convolution on GPUs and TPUs. Workdirs
+  written before the field existed used XLA's."""
+  impl = model_cfg.get("conv_impl", "xla")
+  if impl == "auto":
+    return "im2col" if jax.default_backend() == "cpu" else "xla"
+  return impl
+
+
 def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = None) -> SimCLRModel:
   """SimCLRModel from the config's `model` group; the online head exists iff online_head and
   num_classes > 0 (unlabelled data has no classes to track)."""
@@ -95,4 +106,5 @@ def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = No
       online_dropout=model_cfg.online_dropout,
       bn_axis_name=bn_axis_name,
       dtype=_dtype(model_cfg.dtype),
+      conv_impl=conv_impl(model_cfg),
   )
