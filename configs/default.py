@@ -85,7 +85,7 @@ def get_config(arg=None):
   c.optim.schedule = "cosine"       # cosine | constant (after warm-up)
   c.optim.end_lr_factor = 0.0
 
-  # --- augmentation (simclr_jax/augment.py; presets and fields documented there) ----------
+  # --- augmentation (simclr_jax/augment: ops.py documents each field, presets.py the recipes)
   # Every augment field exists (None = the preset's value), so any can be set from the
   # command line. Digits are one channel: geometric and intensity ops only, no flips (a
   # mirrored 2 is not a 2).
