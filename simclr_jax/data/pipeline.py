@@ -36,7 +36,7 @@ def _as_float32(element: dict[str, Any]) -> dict[str, Any]:
 def pretrain_dataset(source, *, global_batch_size: int, seed: int, process_index: int = 0,
                      process_count: int = 1, workers: int = 0, prefetch: int = 2):
   """Infinite iterable of per-process batches {'image', 'label', 'id'} for pretraining
-  (plus 'multi_hot' (B, K) when the source is multi-label, see sources.py).
+  (plus 'multi_hot' (B, K) when the source is multi-label, see sources/arrays.py).
 
   Returns a grain IterDataset; `iter()` of it gives a checkpointable DatasetIterator.
   """
