@@ -1,4 +1,4 @@
-"""Test setup: 8 emulated CPU devices, set before the first JAX operation (STACK.md trap 4)."""
+"""Test setup: 8 emulated CPU devices, set before the first JAX operation (XLA reads the device count once)."""
 
 import os
 

@@ -19,8 +19,6 @@ from simclr_jax.models import (
     ProjectionHead,
     ResNet,
     SimCLRModel,
-    backbone_features,
-    encoder_from_config,
     get_backbone,
     make_encoder,
     model_from_config,
@@ -55,35 +53,25 @@ TORCHVISION_NO_FC = {
 }
 
 
-def test_torchvision_reference_numbers():
-  # The two counts the brief names explicitly, spelled out.
-  assert TORCHVISION_NO_FC["resnet18"] == 11_176_512
-  assert TORCHVISION_NO_FC["resnet50"] == 23_508_032
-  assert set(TORCHVISION_NO_FC) == set(BACKBONES)
-
-
-@pytest.mark.parametrize("name", list(TORCHVISION_NO_FC))
+@pytest.mark.parametrize("name", list(BACKBONES))
 def test_resnet_param_count_matches_reference(name):
   variables = abstract_init(get_backbone(name), (1, 224, 224, 3))
   assert n_params(variables["params"]) == TORCHVISION_NO_FC[name]
   h = jax.eval_shape(
       lambda v: get_backbone(name).apply(v, jnp.zeros((1, 224, 224, 3)), train=False), variables)
   expected_features = 512 if name in ("resnet18", "resnet34") else 2048
-  assert h.shape == (1, backbone_features(name)) == (1, expected_features)
+  assert h.shape == (1, expected_features)
 
 
 def test_solarnet_param_count():
-  # SolarNet's published SSL model: 30,144,938 parameters = 1-channel ResNet-50 with torchvision's
-  # unused 1000-way fc + projection 2048->2048->BN->64 + online head 2048->128->BN->2.
-  derived = (25_557_032 - 6_272                     # ResNet-50, 1 input channel (7*7*64*2 fewer)
-             + 4_196_352 + 4_096 + 131_072          # projection: dense(bias), BN, dense(no bias)
-             + 262_144 + 256 + 258)                 # online head: dense(no bias), BN, dense(bias)
-  assert derived == 30_144_938
+  # SolarNet's published SSL model has 30,144,938 parameters: a 1-channel ResNet-50 with
+  # torchvision's unused 1000-way fc (2048*1000 + 1000), projection 2048->2048->BN->64, online
+  # head 2048->128->BN->2. Without that fc the count must be what this model has.
   model = SimCLRModel("resnet50", hidden_mlp=2048, feat_dim=64, proj_layers=2, num_classes=2,
                       online_hidden=128)
   params = abstract_init(model, (1, 64, 64, 1))["params"]
   assert set(params) == {"encoder", "projection", "online_head"}
-  assert n_params(params) == 30_144_938 - 2_049_000 == 28_095_938
+  assert n_params(params) == 30_144_938 - 2_049_000
 
 
 @pytest.mark.parametrize("hidden_mlp,feat_dim", [(2048, 128), (96, 24)])
@@ -108,8 +96,6 @@ def test_online_classifier_linear_when_hidden_zero():
 def test_invalid_backbone_name():
   with pytest.raises(ValueError, match=r"resnet17.*resnet18.*resnet200"):
     get_backbone("resnet17")
-  with pytest.raises(ValueError, match="resnet17"):
-    backbone_features("resnet17")
 
 
 def test_projection_needs_two_layers():
@@ -188,7 +174,6 @@ def test_cifar_stem_keeps_resolution():
     ("resnet50", 0.125, 256, 8), ("resnet50", 0.25, 512, 16),
 ])
 def test_width_multiplier(name, w, features, stem_width):
-  assert backbone_features(name, w) == features
   encoder = get_backbone(name, width_multiplier=w)
   variables = abstract_init(encoder, (1, 32, 32, 3))
   assert variables["params"]["conv_stem"]["kernel"].shape[-1] == stem_width
@@ -254,12 +239,21 @@ def test_online_head_dropout_only_in_train():
   assert not np.allclose(train(jax.random.key(1, impl="rbg")), train(jax.random.key(2, impl="rbg")))
   with pytest.raises(Exception, match="dropout"):
     jax.eval_shape(lambda: head.apply(variables, h, train=True, mutable=["batch_stats"]))
-  evaluate = jax.jit(lambda v: head.apply(v, h, train=False))
-  np.testing.assert_array_equal(evaluate(variables), evaluate(variables))
+  # Inference: no dropout, BatchNorm from its running statistics, i.e. exactly this NumPy
+  # formula (random statistics so that every term matters).
+  rng = np.random.default_rng(3)
+  stats = {"mean": rng.normal(size=16), "var": rng.uniform(0.5, 2.0, 16)}
+  v = {"params": variables["params"], "batch_stats": {"bn1": {
+      k: jnp.asarray(x, jnp.float32) for k, x in stats.items()}}}
+  p = jax.tree.map(np.asarray, variables["params"])
+  x = np.asarray(h) @ p["dense1"]["kernel"]
+  x = (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * p["bn1"]["scale"] + p["bn1"]["bias"]
+  want = np.maximum(x, 0) @ p["out"]["kernel"] + p["out"]["bias"]
+  np.testing.assert_allclose(head.apply(v, h, train=False), want, rtol=1e-5, atol=1e-5)
 
 
 def test_encoder_subtree_alone(tiny):
-  # Linear evaluation restores only params['encoder'] and applies the bare encoder to it.
+  # An exported encoder is params['encoder'] applied with make_encoder: the same h.
   model, variables, x = tiny
   encoder = make_encoder(TINY["backbone"], TINY["width_multiplier"], TINY["cifar_stem"])
   sub = {c: variables[c]["encoder"] for c in ("params", "batch_stats")}
@@ -286,11 +280,6 @@ def test_model_from_config():
   out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 16, 16, 3)), train=False), variables)
   assert {k: (v.shape, v.dtype) for k, v in out.items()} == {
       "h": ((2, 64), jnp.float32), "z": ((2, 16), jnp.float32), "logits": ((2, 4), jnp.float32)}
-  # The linear-eval encoder has exactly the pretrained encoder's variables.
-  enc_vars = abstract_init(encoder_from_config(cfg), (2, 16, 16, 3))
-  assert (jax.tree.structure(enc_vars["params"])
-          == jax.tree.structure(variables["params"]["encoder"]))
-
   no_head = model_from_config(model_config(online_head=False), num_classes=4)
   assert "online_head" not in abstract_init(no_head, (2, 16, 16, 3))["params"]
   with pytest.raises(ValueError, match="float16"):

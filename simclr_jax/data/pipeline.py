@@ -57,7 +57,7 @@ def pretrain_dataset(source, *, global_batch_size: int, seed: int, process_index
   if workers > 0:
     if not flags.FLAGS.is_parsed():
       # grain reads absl flags when it starts workers; outside absl.app.run (notebooks,
-      # pytest) they are unparsed and grain would raise (STACK.md trap 7). Defaults are fine.
+      # pytest) they are unparsed and grain would raise. Defaults are fine.
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=max(1, prefetch)))

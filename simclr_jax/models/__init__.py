@@ -6,12 +6,10 @@ from simclr_jax.models.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,
-    backbone_features,
     get_backbone,
 )
 from simclr_jax.models.simclr import (
     SimCLRModel,
-    encoder_from_config,
     make_encoder,
     model_from_config,
 )
@@ -24,8 +22,6 @@ __all__ = [
     "ProjectionHead",
     "ResNet",
     "SimCLRModel",
-    "backbone_features",
-    "encoder_from_config",
     "get_backbone",
     "make_encoder",
     "model_from_config",

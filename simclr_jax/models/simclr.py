@@ -1,8 +1,9 @@
 """SimCLR as one Flax module: encoder f (ResNet) + projection g (+ online classifier).
 
 Variable layout -- other code depends on it:
-  params['encoder']      the ResNet; linear evaluation restores only this subtree and applies
-                         it with `make_encoder(...)` built from the same config
+  params['encoder']      the ResNet; `make_encoder(...)` built from the same config applies
+                         this subtree alone (an exported encoder). Linear evaluation applies
+                         the whole model in inference mode and reads its `h`
   params['projection']   the projection MLP (discarded after pretraining)
   params['online_head']  only when num_classes > 0
 batch_stats follows the same names.
@@ -72,12 +73,6 @@ def _dtype(name: str):
   if name not in _DTYPES:
     raise ValueError(f"Unknown model dtype {name!r}; valid: {', '.join(_DTYPES)}.")
   return _DTYPES[name]
-
-
-def encoder_from_config(model_cfg, bn_axis_name: str | None = None) -> ResNet:
-  """The encoder of `model_from_config(model_cfg, ...)`, for linear evaluation."""
-  return make_encoder(model_cfg.backbone, model_cfg.width_multiplier, model_cfg.cifar_stem,
-                      bn_axis_name, _dtype(model_cfg.dtype))
 
 
 def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = None) -> SimCLRModel:
