@@ -4,6 +4,9 @@ Big models are only traced (jax.eval_shape: no FLOPs, no memory); everything act
 width-0.125 ResNet-18 on 2x16x16 inputs, so compile time stays small.
 """
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,6 +22,7 @@ from simclr_jax.models import (
     ProjectionHead,
     ResNet,
     SimCLRModel,
+    SKConv,
     get_backbone,
     make_encoder,
     model_from_config,
@@ -308,3 +312,93 @@ def test_global_batchnorm_under_shard_map(tiny):
     np.testing.assert_allclose(out_n[key], out_1[key], rtol=1e-4, atol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                state_n["batch_stats"], state_1["batch_stats"])
+
+
+# ---------------------------------------------------------------- selective-kernel ResNet (v2)
+
+
+def sk_resnet_count(stage_sizes, w=1, c_in=3, sk_ratio=0.0625, cifar_stem=False,
+                    bottleneck=True):
+  """Parameters of google-research/simclr tf2/resnet.py's Resnet with sk_ratio > 0, counted
+  layer by layer from that code: Conv2dFixedPadding has no bias, BatchNormRelu has 2 per
+  channel (gamma, beta), SK_Conv2D is a 3x3 conv to 2f + BN, 1x1 f -> max(f*sk_ratio, 32) + BN,
+  1x1 -> 2f; the first block of every BlockGroup projects (ResNet-D: avg-pool, 1x1, BN)."""
+  width, bn = 64 * w, lambda c: 2 * c
+  if cifar_stem:
+    n = 9 * c_in * width + bn(width)
+  else:   # three 3x3 convs: c_in -> w/2 -> w/2 -> w, each with BN
+    half = width // 2
+    n = 9 * c_in * half + bn(half) + 9 * half * half + bn(half) + 9 * half * width + bn(width)
+  c = width
+  for i, blocks in enumerate(stage_sizes):
+    f = width * 2**i
+    out = 4 * f if bottleneck else f
+    for j in range(blocks):
+      if j == 0:
+        n += c * out + bn(out)
+      if bottleneck:
+        mid = max(int(f * sk_ratio), 32)
+        n += (c * f + bn(f) + 9 * f * 2 * f + bn(2 * f) + f * mid + bn(mid) + mid * 2 * f
+              + f * out + bn(out))
+      else:
+        n += 9 * c * f + bn(f) + 9 * f * f + bn(f)
+      c = out
+  return n
+
+
+@pytest.mark.parametrize("name,w,cifar_stem,c_in", [
+    ("sk_resnet50", 1, False, 3), ("sk_resnet50", 1, True, 1), ("sk_resnet18", 1, False, 3),
+    ("sk_resnet152", 3, False, 3)])
+def test_sk_resnet_param_count_matches_the_count_derived_from_tf2_resnet(name, w, cifar_stem,
+                                                                         c_in):
+  stage_sizes, block = BACKBONES[name[3:]]
+  want = sk_resnet_count(stage_sizes, w, c_in, cifar_stem=cifar_stem,
+                         bottleneck=block is Bottleneck)
+  encoder = make_encoder(name, w, cifar_stem)
+  variables = abstract_init(encoder, (1, 32, 32, c_in))
+  assert n_params(variables["params"]) == want
+  h = jax.eval_shape(lambda v: encoder.apply(v, jnp.zeros((1, 32, 32, c_in)), train=False),
+                     variables)
+  assert h.shape == (1, 512 * w if block is BasicBlock else 2048 * w)
+
+
+def test_sk_resnet_count_matches_the_simclr_v2_paper():
+  # SimCLR v2 (Chen et al. 2020b), table 1: ResNet-50 (1x, SK) 35M, ResNet-152 (3x, SK) 795M.
+  assert round(sk_resnet_count((3, 4, 6, 3)) / 1e6) == 35
+  assert round(sk_resnet_count((3, 8, 36, 3), w=3) / 1e6) == 795
+
+
+def _np_conv(x, k, stride=1):
+  """NHWC conv with zero padding k//2 (k: (kh, kw, cin, cout)), plain loops."""
+  kh, kw = k.shape[:2]
+  p = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  h, w = (x.shape[1] + stride - 1) // stride, (x.shape[2] + stride - 1) // stride
+  out = np.zeros((x.shape[0], h, w, k.shape[3]))
+  for i in range(h):
+    for j in range(w):
+      patch = p[:, i * stride:i * stride + kh, j * stride:j * stride + kw]
+      out[:, i, j] = np.einsum("nhwc,hwcd->nd", patch, k)
+  return out
+
+
+def test_sk_conv_matches_numpy_in_inference():
+  conv = functools.partial(nn.Conv, use_bias=False, padding="VALID")
+  norm = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=1e-5)
+  layer = SKConv(4, conv, norm, sk_ratio=0.5, strides=2, min_dim=3)
+  x = np.random.default_rng(4).normal(size=(2, 6, 6, 3)).astype(np.float32)
+  abstract = jax.eval_shape(lambda: layer.init(KEY, jnp.zeros(x.shape)))
+  rng = np.random.default_rng(5)
+  v = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape) * 0.5, jnp.float32), abstract)
+  v["batch_stats"] = jax.tree.map(jnp.abs, v["batch_stats"])       # variances > 0
+  p, st = jax.tree.map(np.asarray, v["params"]), jax.tree.map(np.asarray, v["batch_stats"])
+  bn = lambda y, n: ((y - st[n]["mean"]) / np.sqrt(st[n]["var"] + 1e-5) * p[n]["scale"]
+                     + p[n]["bias"])
+  y = np.maximum(bn(_np_conv(x, p["conv"]["kernel"], stride=2), "bn"), 0)
+  a, b = y[..., :4], y[..., 4:]
+  g = (a + b).mean(axis=(1, 2), keepdims=True)
+  g = np.maximum(bn(g @ p["mix_reduce"]["kernel"][0, 0], "mix_bn"), 0)   # mid = max(2, 3) = 3
+  m = g @ p["mix_expand"]["kernel"][0, 0]
+  wa, wb = np.exp(m[..., :4]), np.exp(m[..., 4:])
+  want = (a * wa + b * wb) / (wa + wb)
+  assert p["mix_reduce"]["kernel"].shape == (1, 1, 4, 3)
+  np.testing.assert_allclose(layer.apply(v, x), want, rtol=1e-4, atol=1e-4)

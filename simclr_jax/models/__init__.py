@@ -1,4 +1,5 @@
-"""Models: ResNet encoders, SimCLR projection / online heads, and the SimCLR module."""
+"""Models: ResNet and selective-kernel ResNet encoders, SimCLR projection / online heads and
+the SimCLR module."""
 
 from simclr_jax.models.heads import OnlineClassifier, ProjectionHead
 from simclr_jax.models.resnet import (
@@ -8,6 +9,7 @@ from simclr_jax.models.resnet import (
     ResNet,
     get_backbone,
 )
+from simclr_jax.models.sk_resnet import SK_BACKBONES, SKConv, SKResNet, get_sk_backbone
 from simclr_jax.models.simclr import (
     SimCLRModel,
     make_encoder,
@@ -21,8 +23,12 @@ __all__ = [
     "OnlineClassifier",
     "ProjectionHead",
     "ResNet",
+    "SKConv",
+    "SKResNet",
+    "SK_BACKBONES",
     "SimCLRModel",
     "get_backbone",
+    "get_sk_backbone",
     "make_encoder",
     "model_from_config",
 ]

@@ -1,4 +1,4 @@
-"""SimCLR as one Flax module: encoder f (ResNet) + projection g (+ online classifier).
+"""SimCLR as one Flax module: encoder f (ResNet or SK-ResNet) + projection g (+ online classifier).
 
 Variable layout -- other code depends on it:
   params['encoder']      the ResNet; `make_encoder(...)` built from the same config applies
@@ -19,15 +19,21 @@ import jax.numpy as jnp
 
 from simclr_jax.models.heads import OnlineClassifier, ProjectionHead
 from simclr_jax.models.resnet import ResNet, get_backbone
+from simclr_jax.models.sk_resnet import SK_BACKBONES, get_sk_backbone
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def make_encoder(backbone: str, width_multiplier: float = 1.0, cifar_stem: bool = False,
-                 bn_axis_name: str | None = None, dtype: Any = jnp.float32, **kwargs) -> ResNet:
-  """The encoder alone; apply it to {'params': params['encoder'], 'batch_stats': ...['encoder']}."""
-  return get_backbone(backbone, width_multiplier=width_multiplier, cifar_stem=cifar_stem,
-                      bn_axis_name=bn_axis_name, dtype=dtype, **kwargs)
+                 bn_axis_name: str | None = None, dtype: Any = jnp.float32, **kwargs) -> nn.Module:
+  """The encoder alone; apply it to {'params': params['encoder'], 'batch_stats': ...['encoder']}.
+
+  `backbone`: resnet18 ... resnet200, or SimCLR v2's selective-kernel sk_resnet18 ...
+  sk_resnet200 (sk_ratio 0.0625 unless given in kwargs).
+  """
+  build = get_sk_backbone if backbone in SK_BACKBONES else get_backbone
+  return build(backbone, width_multiplier=width_multiplier, cifar_stem=cifar_stem,
+               bn_axis_name=bn_axis_name, dtype=dtype, **kwargs)
 
 
 class SimCLRModel(nn.Module):
