@@ -162,8 +162,7 @@ def measure_row(row, src, cfg, workers, batch, batches, step_batch, args) -> dic
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--cifar", default=os.path.join(ROOT, "..", "shared", "data", "cifar10",
-                                                 "cifar10_train.npz"),
+  p.add_argument("--cifar", default="data/cifar10/cifar10_train.npz",
                  help="CIFAR-10 train npz (images uint8 NHWC, labels)")
   p.add_argument("--sdoml_dir", default="", help="existing sdo-dataset folder; default: "
                  "generate --sdoml_files synthetic 512x512 files in a temporary folder")

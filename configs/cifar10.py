@@ -1,9 +1,10 @@
-"""SimCLR on CIFAR-10 (../shared/RECIPES.md §3, §5): ResNet-18 with the CIFAR stem, LARS.
+"""SimCLR on CIFAR-10 (the SimCLR paper's CIFAR recipe): ResNet-18 with the CIFAR stem, LARS.
 
   python scripts/pretrain.py --config configs/cifar10.py --workdir runs/cifar10 --linear_eval
 
-Data: ../shared/data/cifar10/cifar10_{train,test}.npz (uint8 NHWC RGB from a JPEG copy of
-CIFAR-10, see its README; `--config.data.path=.../cifar10_{split}.npz` elsewhere), /255 into
+Data: data/cifar10/cifar10_{train,test}.npz relative to the working directory (`images` uint8
+NHWC RGB and `labels`; README.md § Data says how to make them; `--config.data.path=...`
+elsewhere), /255 into
 [0, 1]; without it the run stops with "no data at ... see README.md § Data".
 Recipe: ResNet-18 (3x3 stride-1 stem, no max-pool), projection 512 -> 512 -> BN -> ReLU -> 128,
 NT-Xent temperature 0.5, LARS (momentum 0.9, weight decay 1e-6, BN and biases excluded) with
@@ -23,7 +24,7 @@ def get_config(arg=None):
   c = default.get_config()
   c.seed = 42
   c.data.source = "npz"
-  c.data.path = "../shared/data/cifar10/cifar10_{split}.npz"
+  c.data.path = "data/cifar10/cifar10_{split}.npz"
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.image_size = 32

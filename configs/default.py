@@ -10,8 +10,10 @@ does not exist here is refused (ml_collections raises, naming the key).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from simclr_jax import augment
+from simclr_jax.data import sources
 
 
 def get_config(arg=None):
@@ -21,7 +23,7 @@ def get_config(arg=None):
 
   # --- data: a random-access source -> grain pipeline (simclr_jax/data) ------------------
   c.data = ml_collections.ConfigDict()
-  # Sources and their formats: simclr_jax/data/sources.py (module docstring).
+  # Sources and their formats: simclr_jax/data/sources (package docstring).
   c.data.source = "digits"          # digits|npz|hmi|sdoml|sdobenchmark|folder|tfds|bigearthnet
   c.data.path = ""                  # file / folder / TFDS data_dir; '{split}' -> split name
   c.data.train_split = "train"      # split used for pretraining (labels not needed)
@@ -35,21 +37,17 @@ def get_config(arg=None):
   # Labels from a flux column (sdoml, sdobenchmark): one string per class, first match wins,
   # e.g. ('Quiet: < 1e-6', '>=C: >= 1e-6'); () = labels as stored (or none).
   c.data.label_thresholds = ()
-  c.data.label_key = ""             # npz/tfds label key; bigearthnet: labels_19 | labels_43
-  c.data.image_key = "image"        # tfds image feature
-  c.data.tfds_name = ""             # tfds: dataset name, e.g. 'cifar10' (data.path = data_dir)
-  c.data.channel = ""               # sdobenchmark: 'magnetogram' (default) or 'a,b' to stack;
-                                    # hmi: 'Br' | 'magnetogram' | '' (both)
-  c.data.time_steps = ()            # sdoml: CSV path columns (() = every path_* column);
-                                    # sdobenchmark: step indices 0..3 (0h 7h 10h30 11h50; (3,))
-  c.data.normalize = "auto"         # npz/folder: auto (uint8 /255, uint16 /65535) | gauss | none
-  c.data.clip_gauss = 250.0         # magnetograms: clip to ±this many gauss, then / it
-  c.data.flip_vertical = True       # flip FITS-derived magnetograms (row 0 = south) north-up
-  c.data.val_fraction = 0.1         # sdobenchmark 'val': share of training/, whole regions
-  c.data.split_seed = 0             # seed of that active-region split
-  c.data.skip_missing = False       # sdoml/sdobenchmark: drop rows whose files are missing
-                                    # (logged) instead of stopping with an error
-  c.data.stats_examples = 2000      # report: examples read per split for pixel stats (0 = all)
+  # Each source's own options, data.<source>.<option> (e.g. data.sdoml.columns), with their
+  # defaults; `python -c "from simclr_jax.data import sources; print(sources.describe())"`
+  # prints every one with its meaning.
+  for name, options in sources.source_configs().items():
+    c.data[name] = options
+  # Deprecated flat names, read for one release (simclr_jax/data/sources/legacy.py maps each
+  # to data.<source>.<option> with a warning naming it): label_key, image_key, tfds_name,
+  # channel, time_steps, normalize, clip_gauss, flip_vertical, val_fraction, split_seed,
+  # skip_missing, stats_examples. None = not set.
+  for old in sources.legacy.RENAMED:
+    c.data[old] = config_dict.placeholder(object)
 
   # --- model: encoder + projection (+ online classifier on stop_gradient(h)) ------------
   c.model = ml_collections.ConfigDict()
@@ -86,7 +84,7 @@ def get_config(arg=None):
   c.optim.schedule = "cosine"       # cosine | constant (after warm-up)
   c.optim.end_lr_factor = 0.0
 
-  # --- augmentation (simclr_jax/augment.py; presets and fields documented there) ----------
+  # --- augmentation (simclr_jax/augment: ops.py documents each field, presets.py the recipes)
   # Every augment field exists (None = the preset's value), so any can be set from the
   # command line. Digits are one channel: geometric and intensity ops only, no flips (a
   # mirrored 2 is not a 2).
@@ -127,7 +125,8 @@ def shrink(c: ml_collections.ConfigDict, batch_size: int = 16, num_devices: int 
   """The 'tiny' variant every config offers for tests: the same pipeline, shrunk to seconds.
 
   A ResNet-18 at width 1/8 with small heads, 2 steps, logging and checkpointing every step.
-  `num_devices=1` by default because compile time dominates such runs (STACK.md trap 9);
+  `num_devices=1` by default because compile time dominates such runs (each extra emulated device
+  adds to it);
   0 keeps every device (for tests of the sharded step).
   """
   if image_size:

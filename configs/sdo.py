@@ -1,4 +1,4 @@
-"""SolarNet's SimCLR on SDO/HMI magnetograms (../shared/RECIPES.md §1): SDOML `bz`, 128x128.
+"""SolarNet's SimCLR on SDO/HMI magnetograms (Jarolim et al.'s SolarNet): SDOML `bz`, 128x128.
 
   python scripts/pretrain.py --config configs/sdo.py --workdir runs/sdo --linear_eval
 
@@ -36,7 +36,7 @@ def get_config(arg=None):
   c.data.path = "data/sdo-dataset-ssl-bz-1h-2010-2014"
   c.data.train_split = "train"
   c.data.eval_split = "test"
-  c.data.time_steps = ("path_0_before",)
+  c.data.sdoml.columns = ("path_0_before",)
   c.data.image_size = 128
   c.data.channels = 1
   c.data.num_classes = 2
@@ -72,7 +72,6 @@ def get_config(arg=None):
   if arg in ("hmi", "tiny"):
     c.data.source = "hmi"
     c.data.path = HMI_SAMPLE
-    c.data.time_steps = ()
     c.data.label_thresholds = ()
     c.data.num_classes = 0          # no flare labels in the sample
     c.data.image_size = 64

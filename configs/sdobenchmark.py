@@ -8,10 +8,10 @@ Data: SDOBenchmark (https://github.com/i4Ds/SDOBenchmark) unpacked at data/SDOBe
 (id,start,end,peak_flux) and `<AR>/<date>_<k>/<time>__magnetogram.jpg` (256x256, gray 127.5 =
 0 G, ±250 G). Without it the run stops with "no data at .../training/meta_data.csv ... see
 README.md § Data". Input: the magnetogram at time step 3 (11h50 after the sample's start, as
-SolarNet uses; `--config.data.time_steps='(0,1,2,3)' --config.data.channels=4` stacks all four),
-p / 127.5 - 1 in [-1, 1], resized to 128. Samples missing that image are dropped and counted
-in the log (data.skip_missing, as SolarNet does). Splits: 'train' / 'val' from training/, whole
-active regions on one side (10 % of the samples to 'val'); 'test' is test/.
+SolarNet uses; `--config.data.sdobenchmark.time_steps='(0,1,2,3)' --config.data.channels=4`
+stacks all four), p / 127.5 - 1 in [-1, 1], resized to 128. Samples missing that image are
+dropped and counted in the log (data.sdobenchmark.skip_missing, as SolarNet does). Splits:
+'train' / 'val' from training/, whole active regions on one side (10 % of the samples to 'val'); 'test' is test/.
 Labels: Quiet (< 1e-6 W/m²) and >=C (>= 1e-6), for the online head and the probe.
 
 Expect: no published SimCLR-on-SDOBenchmark figure; compare the probe's TSS on 'test' with
@@ -28,13 +28,13 @@ def get_config(arg=None):
   c.data.path = "data/SDOBenchmark-data-full"
   c.data.train_split = "train"
   c.data.eval_split = "test"
-  c.data.channel = "magnetogram"
-  c.data.time_steps = (3,)
+  c.data.sdobenchmark.channel_names = ("magnetogram",)
+  c.data.sdobenchmark.time_steps = (3,)
   c.data.channels = 1
   c.data.image_size = 128
-  c.data.val_fraction = 0.1
-  c.data.split_seed = 0
-  c.data.skip_missing = True
+  c.data.sdobenchmark.val_fraction = 0.1
+  c.data.sdobenchmark.split_seed = 0
+  c.data.sdobenchmark.skip_missing = True
   # Fewer, smaller images than SDOML: a smaller batch keeps tens of steps per epoch.
   c.train.batch_size = 256
   c.train.epochs = 500

@@ -1,4 +1,4 @@
-"""SimCLR-S2 on BigEarthNet Sentinel-2 patches (../shared/RECIPES.md §2): 12 bands, 120x120.
+"""SimCLR-S2 on BigEarthNet Sentinel-2 patches: 12 bands, 120x120.
 
   python scripts/pretrain.py --config configs/sentinel2.py --workdir runs/sentinel2
 
@@ -9,7 +9,7 @@ with `--config.data.path=...`; without it the run stops with "no data at ... see
 Data". Each band -> (x - mean) / std. Recipe (SimCLR-S2): ResNet-152, batch 32, 50 epochs,
 temperature 0.1, Adam 5e-4, augment preset 'sentinel2' (flips, rotation, shift, zoom, blur,
 brightness, contrast, gain, speckle; the pairs the post kept).
-Multi-label: the multi-hot targets ride along as `multi_hot` (see simclr_jax/data/sources.py);
+Multi-label: the multi-hot targets ride along as `multi_hot` (see simclr_jax/data/sources/arrays.py);
 the softmax online head and the single-label probe do not use them, so num_classes = 0.
 Expect: the post reports only relative F1 comparisons (fine-tuned on 3 % of the labels),
 Adam beating SGD, best learning rate 5e-4; no absolute figure to match.
@@ -35,7 +35,7 @@ def get_config(arg=None):
   c.data.path = "data/bigearthnet/bigearthnet_{split}.npz"
   c.data.train_split = "train"
   c.data.eval_split = "test"
-  c.data.label_key = "labels_19"
+  c.data.bigearthnet.labels = "labels_19"
   c.data.image_size = 120
   c.data.channels = 12
   c.data.num_classes = 0            # multi-label: no softmax online head

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from simclr_jax import logs, parallel
+from simclr_jax import distributed, logs, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, events, reports.")
@@ -27,7 +27,7 @@ def main(argv):
   logs.quiet_libraries()
   config = _CONFIG.value
   parallel.use_all_cpu_cores()
-  parallel.initialize_distributed(config)
+  distributed.initialize_distributed(config)
   from simclr_jax import train  # after the device setup: importing is fine, computing is not
   logging.info("config:\n%s", config)
   train.pretrain(config, _WORKDIR.value)

@@ -2,7 +2,8 @@
 
 One checkpoint = one step: `state` (params, batch_stats, optimizer state, step) and `data_iter`
 (where the input pipeline stands), so a resumed run sees exactly the batches an uninterrupted
-run would have seen. Every process takes part in saving (arrays must be global: STACK.md trap 6).
+run would have seen. Every process takes part in saving (orbax saves only global
+jax.Arrays, and the collective save hangs if a process stays out).
 """
 
 from __future__ import annotations

@@ -54,15 +54,15 @@ def test_flips_and_rot90_match_numpy():
   x = _images(1, 3, size=6)[0]
   np.testing.assert_array_equal(A.hflip(x), np.flip(x, axis=1))
   np.testing.assert_array_equal(A.vflip(x), np.flip(x, axis=0))
-  np.testing.assert_array_equal(A.random_hflip(jax.random.key(0), x, 1.0), np.flip(x, 1))
-  np.testing.assert_array_equal(A.random_vflip(jax.random.key(0), x, 1.0), np.flip(x, 0))
-  np.testing.assert_array_equal(A.random_hflip(jax.random.key(0), x, 0.0), x)
+  np.testing.assert_array_equal(A.apply_op("hflip", jax.random.key(0), x, hflip_prob=1.0), np.flip(x, 1))
+  np.testing.assert_array_equal(A.apply_op("vflip", jax.random.key(0), x, vflip_prob=1.0), np.flip(x, 0))
+  np.testing.assert_array_equal(A.apply_op("hflip", jax.random.key(0), x, hflip_prob=0.0), x)
   rot = jax.jit(A.rot90)
   for k in range(5):
     np.testing.assert_array_equal(rot(x, k), np.rot90(x, k, axes=(0, 1)))
   # A random rot90 with prob 1 is one of the three proper rotations.
   for seed in range(3):
-    y = np.asarray(A.random_rot90(jax.random.key(seed), x, 1.0))
+    y = np.asarray(A.apply_op("rot90", jax.random.key(seed), x, rot90_prob=1.0))
     assert any(np.array_equal(y, np.rot90(x, k, axes=(0, 1))) for k in (1, 2, 3))
   with pytest.raises(ValueError, match="square"):
     A.rot90(np.zeros((4, 5, 1), np.float32), 1)
@@ -85,7 +85,8 @@ def test_crop_and_resize_equals_resize_of_slice():
 def test_random_resized_crop_full_box_and_torchvision_fallback():
   x = _images(1, 1, size=12, seed=2)[0]
   key = jax.random.key(3)
-  rrc = jax.jit(A.random_resized_crop, static_argnums=(2, 3, 4))
+  rrc = lambda key, x, size, scale, ratio: A.apply_op("crop", key, x, size, crop_scale=scale,
+                                                    crop_ratio=ratio)
   # scale = ratio = 1 on a square: the whole image.
   got = rrc(key, x, 8, (1.0, 1.0), (1.0, 1.0))
   np.testing.assert_allclose(got, jax.image.resize(x, (8, 8, 1), "bilinear"), atol=2e-6)
@@ -115,7 +116,7 @@ def test_rotate_shift_zoom_references():
                                        jnp.array([-4.0, -4.0]), "linear", antialias=False)
   np.testing.assert_allclose(jax.jit(A.zoom)(y, 2.0), want, atol=1e-5)
   # The combined random warp is the identity when no part of it applies.
-  np.testing.assert_array_equal(A.random_affine(jax.random.key(0), x), x)
+  np.testing.assert_array_equal(A.apply_op("affine", jax.random.key(0), x), x)
 
 
 # ------------------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def test_torchvision_colour_ops_match_numpy():
   x = _images(1, 3, size=5, seed=6)[0]
   gray = (x * GRAY).sum(-1, keepdims=True)
   np.testing.assert_allclose(A.grayscale(x), np.repeat(gray, 3, -1), atol=1e-6)
-  np.testing.assert_allclose(A.random_grayscale(jax.random.key(0), x, 1.0),
+  np.testing.assert_allclose(A.apply_op("grayscale", jax.random.key(0), x, grayscale_prob=1.0),
                              np.repeat(gray, 3, -1), atol=1e-6)
   np.testing.assert_allclose(A.adjust_brightness(x, 1.7), np.clip(1.7 * x, 0, 1), atol=1e-6)
   m = gray.mean()
@@ -152,7 +153,8 @@ def test_solarize_matches_numpy():
   y = x * 2 - 1  # data in [-1, 1]: inverted within the range
   np.testing.assert_allclose(A.solarize(y, 0.2, (-1.0, 1.0)), np.where(y >= 0.2, -y, y),
                              atol=1e-7)
-  np.testing.assert_allclose(A.random_solarize(jax.random.key(0), x, 1.0, 0.3),
+  np.testing.assert_allclose(A.apply_op("solarize", jax.random.key(0), x, solarize_prob=1.0,
+                                         solarize_threshold=0.3),
                              np.where(x >= 0.3, 1 - x, x), atol=1e-7)
 
 
@@ -160,37 +162,118 @@ def test_any_channel_intensity_ops_match_numpy():
   x = _images(1, 5, size=6, seed=8, lo=-1.0, hi=2.0)[0]
   key = jax.random.key(0)
   # Degenerate ranges fix the factor: the op must then be exactly the formula.
-  np.testing.assert_allclose(A.random_gain(key, x, 1.0, (1.3, 1.3)), 1.3 * x, rtol=1e-6)
+  np.testing.assert_allclose(A.apply_op("gain", key, x, gain_prob=1.0, gain_range=(1.3, 1.3)), 1.3 * x, rtol=1e-6)
   mc = x.mean(axis=(0, 1), keepdims=True)
-  np.testing.assert_allclose(A.random_contrast(key, x, 1.0, (0.5, 0.5), mean="channel"),
+  np.testing.assert_allclose(A.apply_op("contrast", key, x, contrast_prob=1.0,
+                                          contrast_range=(0.5, 0.5), contrast_mean="channel"),
                              (x - mc) * 0.5 + mc, atol=1e-6)
-  np.testing.assert_allclose(A.random_contrast(key, x, 1.0, (1.5, 1.5), mean="global"),
+  np.testing.assert_allclose(A.apply_op("contrast", key, x, contrast_prob=1.0,
+                                          contrast_range=(1.5, 1.5), contrast_mean="global"),
                              (x - x.mean()) * 1.5 + x.mean(), atol=1e-6)
   # Brightness: one additive shift per image (shared) or per channel, within [-delta, delta].
-  d = np.asarray(A.random_brightness(key, x, 1.0, 0.2, per_channel=False)) - x
+  d = np.asarray(A.apply_op("brightness", key, x, brightness_prob=1.0, brightness_delta=0.2)) - x
   assert np.allclose(d, d.flat[0], atol=1e-6) and abs(d.flat[0]) <= 0.2
-  d = np.asarray(A.random_brightness(key, x, 1.0, 0.2, per_channel=True)) - x
+  d = np.asarray(A.apply_op("brightness", key, x, brightness_prob=1.0, brightness_delta=0.2,
+                              brightness_per_channel=True)) - x
   per_c = d[0, 0]
   np.testing.assert_allclose(d, np.broadcast_to(per_c, d.shape), atol=1e-6)
   assert np.all(np.abs(per_c) <= 0.2) and np.unique(per_c.round(6)).size == 5
   # Per-channel gain: one factor per channel, each within the range.
-  g = np.asarray(A.random_gain(key, x, 1.0, (0.5, 1.5), per_channel=True)) / x
+  g = np.asarray(A.apply_op("gain", key, x, gain_prob=1.0, gain_range=(0.5, 1.5),
+                              gain_per_channel=True)) / x
   np.testing.assert_allclose(g, np.broadcast_to(g[0, 0], g.shape), rtol=1e-5)
   assert np.all((g[0, 0] >= 0.5) & (g[0, 0] <= 1.5)) and np.unique(g[0, 0].round(5)).size == 5
   # Probability 0 is the identity.
-  np.testing.assert_array_equal(A.random_gain(key, x, 0.0, (2.0, 2.0)), x)
+  np.testing.assert_array_equal(A.apply_op("gain", key, x, gain_prob=0.0, gain_range=(2.0, 2.0)), x)
 
 
 def test_noise_and_speckle_statistics():
   x = np.full((32, 32, 3), 0.5, np.float32)
   key = jax.random.key(1)
-  n = np.asarray(A.random_noise(key, x, 1.0, 0.1, per_channel=True)) - x
+  n = np.asarray(A.apply_op("noise", key, x, noise_prob=1.0, noise_std=0.1)) - x
   assert abs(n.std() - 0.1) < 0.01 and abs(n.mean()) < 0.01
   assert not np.allclose(n[..., 0], n[..., 1])
-  n = np.asarray(A.random_noise(key, x, 1.0, 0.1, per_channel=False)) - x
+  n = np.asarray(A.apply_op("noise", key, x, noise_prob=1.0, noise_std=0.1,
+                              noise_per_channel=False)) - x
   np.testing.assert_array_equal(n[..., 0], n[..., 2])  # one map for all channels
-  s = np.asarray(A.random_speckle(key, x, 1.0, 0.2)) / x - 1.0  # multiplicative: x (1 + n)
+  s = np.asarray(A.apply_op("speckle", key, x, speckle_prob=1.0, speckle_std=0.2)) / x - 1.0  # multiplicative: x (1 + n)
   assert abs(s.std() - 0.2) < 0.02 and abs(s.mean()) < 0.02
+
+
+def test_an_op_reads_its_draws_as_documented():
+  # apply_op draws the op's uniforms u = uniform(key, (draws,)) itself: the shift is then
+  # exactly -delta + 2 delta u[1 + c], per channel.
+  x = _images(1, 4, size=5, seed=18)[0]
+  key = jax.random.key(9)
+  u = np.asarray(jax.random.uniform(key, (5,)))
+  got = A.apply_op("brightness", key, x, brightness_prob=1.0, brightness_delta=0.3,
+                   brightness_per_channel=True)
+  np.testing.assert_allclose(got, x + (-0.3 + 0.6 * u[1:]), atol=1e-6)
+
+
+def _np_channel_dropout(x, u, prob, rate, fill):
+  """NumPy reference: with probability prob (u[0] < prob) each channel c with u[1 + c] < rate
+  is set to fill, unless every channel would be."""
+  drop = u[1:1 + x.shape[-1]] < rate
+  if u[0] >= prob or drop.all():
+    return x
+  return np.where(drop, np.float32(fill), x)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_channel_dropout_matches_numpy(seed):
+  x = _images(1, 6, size=4, seed=seed)[0]
+  key = jax.random.key(seed)
+  u = np.asarray(jax.random.uniform(key, (7,)))
+  prob, rate, fill = 0.7, 0.4, -0.5
+  got = A.apply_op("channel_dropout", key, x, channel_dropout_prob=prob,
+                   channel_dropout_rate=rate, channel_dropout_fill=fill)
+  np.testing.assert_array_equal(got, _np_channel_dropout(x, u, prob, rate, fill))
+
+
+def test_channel_dropout_never_drops_every_channel():
+  x = _images(1, 3, size=4, seed=19)[0]
+  got = A.apply_op("channel_dropout", jax.random.key(0), x, channel_dropout_prob=1.0,
+                   channel_dropout_rate=1.0)
+  np.testing.assert_array_equal(got, x)
+
+
+def test_channel_dropout_in_a_view_drops_the_expected_share():
+  n, c = 400, 4
+  x = _images(n, c, size=4, seed=20) + 1.0     # in [1, 2]: a dropped channel is exactly 0
+  f1, _ = _jit_batch((("preset", "none"), ("channel_dropout_prob", 1.0),
+                      ("channel_dropout_rate", 0.25)), c, 4)
+  out = np.asarray(f1(_keys(n, seed=4), x))
+  dropped = np.all(out == 0.0, axis=(1, 2))            # (n, c)
+  kept = np.all(out == x, axis=(1, 2))
+  assert np.all(dropped ^ kept)
+  # A channel drops with probability 0.25, except in the draws where all four would (then
+  # all are kept): 0.25 - 0.25^4.
+  _within_3_sigma(dropped.sum(), n * c, 0.25 - 0.25 ** 4)
+
+
+def test_enabling_an_op_leaves_the_other_ops_draws_unchanged():
+  # Brightness with delta 0 applies (x + 0 == x) but must not move the gain's or the
+  # crop's random numbers: each op reads a fixed slot of the view's draws.
+  x = _images(4, 2, seed=21)
+  base = dict(preset="none", crop_scale=(0.3, 1.0), gain_prob=0.5, gain_range=(0.5, 1.5))
+  key = jax.random.key(11)
+  a = A.two_views(base, 2, SIZE, key, x)
+  b = A.two_views({**base, "brightness_prob": 1.0, "brightness_delta": 0.0}, 2, SIZE, key, x)
+  c = A.two_views({**base, "gain_prob": 0.0}, 2, SIZE, key, x)
+  for va, vb in zip(a, b):
+    np.testing.assert_array_equal(va, vb)
+  assert not np.allclose(a[0], c[0])    # the gain does act in the base views
+
+
+def test_unknown_op_and_field_are_named():
+  x = np.zeros((4, 4, 1), np.float32)
+  with pytest.raises(ValueError, match=r"'posterise' unknown; ops: \['crop'"):
+    A.apply_op("posterise", jax.random.key(0), x)
+  with pytest.raises(ValueError, match=r"channel_dropout_rat\b.*fields:"):
+    A.apply_op("channel_dropout", jax.random.key(0), x, channel_dropout_rat=0.1)
+  with pytest.raises(ValueError, match=r"hflip_prob.*already belong to \['hflip'\]"):
+    A.register(fields={"hflip_prob": A.Field("prob", 0.0, "")})(lambda u, im, p, s: im)
 
 
 def test_blur_of_impulse_is_normalised_gaussian():

@@ -9,7 +9,8 @@ from simclr_jax.data import pipeline, sources
 
 
 def test_digits_splits_values_and_labels():
-  train, test = sources.digits_source("train"), sources.digits_source("test")
+  train, test = (sources.get("digits", s, path="", image_size=32, channels=1)
+                 for s in ("train", "test"))
   assert (len(train), len(test)) == (1437, 360)
   assert train[0]["image"].shape == (32, 32, 1) and train[0]["image"].dtype == np.float32
   # Stratified: each class keeps its share of the 1797 within one example.
@@ -29,16 +30,20 @@ def test_npz_source_scales_uint8_and_reports_bad_input(tmp_path):
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (6, 5, 4, 3), dtype=np.uint8)
   np.savez(tmp_path / "d_train.npz", images=x, labels=np.arange(6))
-  src = sources.npz_source(str(tmp_path / "d_{split}.npz"), "train", channels=3)
-  np.testing.assert_array_equal(src[2]["image"], x[2].astype(np.float32) / 255.0)
+  src = sources.get("npz", "train", path=str(tmp_path / "d_{split}.npz"), image_size=4,
+                    channels=3)
+  # 5x4 stored: the centre 4x4 square (rows 0..3), already at the configured size.
+  np.testing.assert_array_equal(src[2]["image"], x[2, :4].astype(np.float32) / 255.0)
   assert src[5]["label"] == 5
   np.savez(tmp_path / "nolabels.npz", images=x[..., 0])
-  unlabelled = sources.npz_source(str(tmp_path / "nolabels.npz"), "train", channels=1)
-  assert unlabelled[0]["image"].shape == (5, 4, 1) and unlabelled[0]["label"] == -1
+  unlabelled = sources.get("npz", "train", path=str(tmp_path / "nolabels.npz"), image_size=4,
+                           channels=1)
+  np.testing.assert_array_equal(unlabelled[0]["image"][..., 0], x[0, :4, :, 0] / np.float32(255))
+  assert unlabelled[0]["label"] == -1
   with pytest.raises(FileNotFoundError, match="d_test.npz"):
-    sources.npz_source(str(tmp_path / "d_{split}.npz"), "test", channels=3)
+    sources.get("npz", "test", path=str(tmp_path / "d_{split}.npz"), image_size=5, channels=3)
   with pytest.raises(ValueError, match=r"expected \(N, H, W, 1\)"):
-    sources.npz_source(str(tmp_path / "d_{split}.npz"), "train", channels=1)
+    sources.get("npz", "train", path=str(tmp_path / "d_{split}.npz"), image_size=5, channels=1)
 
 
 class _Indexed:

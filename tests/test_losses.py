@@ -150,7 +150,7 @@ def test_bfloat16_inputs_computed_in_float32(global_value_and_grad):
 @pytest.fixture(scope="module")
 def mesh():
   assert len(jax.devices()) == N_DEV, "conftest.py should provide 8 CPU devices"
-  # Not jax.make_mesh: its Explicit axis types break the logits matmul (jax 0.10: a ShardingTypeError).
+  # Not jax.make_mesh: its Explicit axis types break the logits matmul (ShardingTypeError).
   return Mesh(np.array(jax.devices()), ("data",))
 
 

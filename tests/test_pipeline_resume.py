@@ -8,12 +8,11 @@ The two runs are this file executed as a script (grain's workers are spawned pro
 """
 
 import os
-import subprocess
 import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import run_python
 K, M, BATCH, N = 3, 4, 4, 10     # 7 batches of 4 from 10 examples: crosses 2 epoch boundaries
 
 
@@ -68,12 +67,7 @@ def run(mode: str, root: str, workdir: str, out: str, workers: int) -> None:
 
 
 def _subprocess(mode, root, workdir, out, workers):
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, os.path.abspath(__file__), mode, root, workdir, out,
-                         str(workers)], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=600)
+  proc = run_python([os.path.abspath(__file__), mode, root, workdir, out, workers])
   assert proc.returncode == 0, f"{mode} (workers={workers}) failed:\n{proc.stderr[-4000:]}"
   with np.load(out) as f:
     return {k: f[k] for k in f}

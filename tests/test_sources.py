@@ -148,7 +148,8 @@ def _write_sdobenchmark(root, regions=(11401, 11402, 11403, 11404, 11405), per_r
         d = os.path.join(root, folder, str(ar), sid.split("_", 1)[1])
         os.makedirs(d)
         for t in steps:
-          when = start + sources.SDOBENCHMARK_STEPS[t]
+          # SDOBenchmark's four image times after a sample's start: 0h, 7h, 10h30, 11h50.
+          when = start + dt.timedelta(minutes=(0, 420, 630, 710)[t])
           q = np.array([[10 * t + k, 100], [200 + t, 255 - ar % 7]], np.uint8)
           img = np.kron(q, np.ones((8, 8), np.uint8))
           Image.fromarray(img).save(os.path.join(d, f"{when:%Y-%m-%dT%H%M%S}__magnetogram.jpg"),
@@ -296,26 +297,27 @@ def test_tfds_data_source_through_mock_data():
 
 def test_npz_gauss_normalisation(tmp_path):
   np.savez(tmp_path / "m.npz", images=np.array([[[np.nan, 500.0], [-125.0, 25.0]]], np.float16))
-  src = sources.npz_source(str(tmp_path / "m.npz"), "train", channels=1, normalize="gauss")
+  src = sources.get("npz", "train", path=str(tmp_path / "m.npz"), image_size=2, channels=1,
+                    normalize="gauss")
   np.testing.assert_allclose(src[0]["image"][:, :, 0], [[0.0, 1.0], [-0.5, 0.1]], atol=1e-7)
 
 
 # --- the bundled real samples ---------------------------------------------------------------
 
 def test_real_hmi_patches_load():
-  src = sources.hmi_source(HMI, "train", image_size=32)
+  src = sources.get("hmi", "train", path=HMI, image_size=32, channels=1)
   assert len(src) == 84 and src[0]["image"].shape == (32, 32, 1) and src[0]["label"] == -1
   with np.load(HMI) as f:
     raw = f["images"].astype(np.float32)
   expected = (np.clip(raw[7], -250, 250) / 250)[::-1].reshape(32, 4, 32, 4).mean((1, 3))
   np.testing.assert_allclose(src[7]["image"][:, :, 0], expected, atol=1e-6)
-  assert len(sources.hmi_source(HMI, "train", 32, channel="Br")) == 41
+  assert len(sources.get("hmi", "train", path=HMI, image_size=32, channels=1, product="Br")) == 41
   s = stats.dataset_statistics(src)
   assert s["size"] == 84 and s["unlabelled"] == 84 and s["min"] == -1.0 and s["max"] == 1.0
 
 
 def test_real_bigearthnet_patches_load():
-  src = sources.bigearthnet_source(BEN, "train", image_size=120)
+  src = sources.get("bigearthnet", "train", path=BEN, image_size=120, channels=12)
   with np.load(BEN) as f:
     raw, mean, std, y19 = f["images"], f["band_mean"], f["band_std"], f["labels_19"]
   assert len(src) == 6 and src[0]["image"].shape == (120, 120, 12)
@@ -325,9 +327,10 @@ def test_real_bigearthnet_patches_load():
   s = stats.dataset_statistics(src)
   assert s["multi_label_counts"]["Arable land"] == int(y19[:, 2].sum())
   assert "multi-label" in stats.format_statistics({"train": s})
-  assert sources.bigearthnet_source(BEN, "train", 32)[0]["image"].shape == (32, 32, 12)
+  small = sources.get("bigearthnet", "train", path=BEN, image_size=32, channels=12)
+  assert small[0]["image"].shape == (32, 32, 12)
   with pytest.raises(ValueError, match=r"has 12 channel\(s\).*expected 3"):
-    sources.bigearthnet_source(BEN, "train", 32, channels=3)
+    sources.get("bigearthnet", "train", path=BEN, image_size=32, channels=3)
 
 
 def test_statistics_match_numpy():
@@ -391,16 +394,54 @@ def test_make_source_dispatch_and_multi_hot_batches(tmp_path):
   c = sdo.get_config("hmi")
   assert len(sources.make_source(c.data, "train")) == 84
   d = default.get_config().data
-  d.source, d.path, d.channels, d.image_size, d.normalize = "folder", HMI_FITS, 1, 8, "gauss"
+  d.source, d.path, d.channels, d.image_size = "folder", HMI_FITS, 1, 8
+  d.folder.normalize = "gauss"
   assert len(sources.make_source(d, "train")) == 2
   d.source, d.label_thresholds, d.num_classes = "sdoml", ("< 1e-6", ">= 1e-6"), 3
   with pytest.raises(ValueError, match="defines 2 classes but data.num_classes=3"):
     sources.make_source(d, "train")
   d.source, d.label_thresholds = "nope", ()
-  with pytest.raises(ValueError, match="unknown data.source 'nope'"):
+  with pytest.raises(ValueError, match="unknown data.source 'nope'; sources: digits, npz"):
     sources.make_source(d, "train")
   # Multi-hot targets ride along in every batch; the scalar label stays -1.
   ben = sources.make_source(sentinel2.get_config("tiny").data, "train")
   batch = next(iter(pipeline.pretrain_dataset(ben, global_batch_size=4, seed=0, prefetch=0)))
   assert batch["multi_hot"].shape == (4, 19) and batch["label"].tolist() == [-1] * 4
   assert batch["image"].shape == (4, 32, 32, 12)
+
+
+# --- names: the registry, per-source options, old flat fields -----------------------------------
+
+def test_unknown_options_and_misplaced_thresholds_name_what_exists(tmp_path):
+  with pytest.raises(ValueError, match=r"data.hmi: unknown option\(s\) \['channel'\]; "
+                                       r"data.source='hmi' takes \['clip_gauss', "
+                                       r"'flip_vertical', 'product'\]"):
+    sources.get("hmi", "train", path=HMI, image_size=8, channels=1, channel="Br")
+  with pytest.raises(ValueError, match=r"data.label_thresholds=.*'npz' has no flux column; "
+                                       r"thresholds apply to sdoml, sdobenchmark"):
+    sources.get("npz", "train", path=HMI, image_size=8, channels=1,
+                label_thresholds=("< 1e-6", ">= 1e-6"))
+
+
+def test_npz_images_are_resized_to_the_image_size(tmp_path):
+  x = np.random.default_rng(1).integers(0, 256, (3, 8, 8, 2), dtype=np.uint8)
+  np.savez(tmp_path / "a.npz", images=x)
+  src = sources.get("npz", "train", path=str(tmp_path / "a.npz"), image_size=4, channels=2)
+  want = (x[1].astype(np.float32) / 255).reshape(4, 2, 4, 2, 2).mean((1, 3))   # 2x2 blocks
+  np.testing.assert_allclose(src[1]["image"], want, atol=1e-6)
+
+
+def test_old_flat_fields_still_work_with_a_warning_naming_the_new_one(caplog):
+  from configs import default
+  d = default.get_config().data
+  d.source, d.path, d.channels, d.image_size = "hmi", HMI, 1, 8
+  d.channel = "Br"                       # the old flat name of data.hmi.product
+  assert len(sources.make_source(d, "train")) == 41
+  d.source, d.path = "digits", ""       # digits has no such option: ignored, with a warning
+  d.channel = None
+  d.time_steps = (0, 1)
+  assert len(sources.make_source(d, "train")) == 1437
+  messages = [r.getMessage() for r in caplog.records]
+  assert any("data.channel is deprecated: use data.hmi.product" in m for m in messages), messages
+  assert any("data.time_steps=(0, 1) is deprecated and ignored for data.source='digits' (it "
+             "became data.sdoml.columns, data.sdobenchmark.time_steps)" in m for m in messages)

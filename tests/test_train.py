@@ -1,43 +1,21 @@
 """End-to-end pretraining on the tiny digits config: checkpoints, event files, exact resume."""
 
-import glob
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.util import tensor_util
 
 from configs import digits
+from helpers import ROOT, run_python, scalars
 from simclr_jax import checkpoint, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(steps):
   c = digits.get_config("tiny")
   c.train.steps = steps
   return c
-
-
-def _scalars(workdir):
-  """{tag: {step: value}} from the TensorBoard event files (clu writes scalars as tensors)."""
-  files = glob.glob(os.path.join(workdir, "events.out.tfevents*"))
-  assert files, f"no event files in {workdir}"
-  out = {}
-  for f in files:
-    acc = EventAccumulator(f, size_guidance={"tensors": 0})
-    acc.Reload()
-    for tag in acc.Tags()["tensors"]:
-      for ev in acc.Tensors(tag):
-        value = tensor_util.make_ndarray(ev.tensor_proto)
-        # Scalars are 0-d tensors; images (augment/views) are stored as encoded strings.
-        out.setdefault(tag, {})[ev.step] = float(value) if value.ndim == 0 else value
-  return out
 
 
 def _params(workdir, step):
@@ -66,14 +44,12 @@ def runs(tmp_path_factory):
       raise SimulatedCrash(f"killed after step {step}")
     return saved
 
-  train.checkpoint.save = save_then_crash
-  try:
+  with pytest.MonkeyPatch.context() as mp:     # module-scoped: monkeypatch's own context
+    mp.setattr(checkpoint, "save", save_then_crash)
     with pytest.raises(SimulatedCrash):
       train.pretrain(_config(3), interrupted)
-  finally:
-    train.checkpoint.save = real_save
   steps_after_crash = ocp.CheckpointManager(os.path.join(interrupted, "checkpoints")).all_steps()
-  events_after_crash = _scalars(interrupted)
+  events_after_crash = scalars(interrupted)
   train.pretrain(_config(3), interrupted)      # the same command again: resumes at step 2
   last = train.pretrain(_config(3), straight)
   return dict(interrupted=interrupted, straight=straight, last=last,
@@ -102,7 +78,7 @@ def test_killed_run_left_checkpoint_and_events(runs):
 
 
 def test_restarted_run_resumes_exactly(runs):
-  resumed, straight = _scalars(runs["interrupted"]), _scalars(runs["straight"])
+  resumed, straight = scalars(runs["interrupted"]), scalars(runs["straight"])
   assert set(resumed["loss"]) == {1, 2, 3}
   assert straight["loss"][3] == pytest.approx(runs["last"]["loss"], rel=1e-6)
   for tag in ("loss", "contrastive_accuracy", "learning_rate", "l2_grads"):
@@ -122,9 +98,8 @@ def test_batch_size_not_divisible_by_devices_is_refused():
 
 
 def test_unknown_config_key_is_refused():
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"),
-       "--config", os.path.join(ROOT, "configs", "digits.py"), "--workdir", "/nonexistent",
-       "--config.train.bacth_size=3"], capture_output=True, text=True, timeout=120)
+  proc = run_python([os.path.join(ROOT, "scripts", "pretrain.py"),
+                     "--config", os.path.join(ROOT, "configs", "digits.py"),
+                     "--workdir", "/nonexistent", "--config.train.bacth_size=3"], timeout=120)
   assert proc.returncode != 0
   assert "bacth_size" in proc.stderr

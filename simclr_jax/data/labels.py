@@ -115,7 +115,7 @@ def group_split(groups: Sequence, val_fraction: float, seed: int) -> tuple[np.nd
   """
   groups = np.asarray(groups)
   if not 0.0 <= val_fraction < 1.0:
-    raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+    raise ValueError(f"data.sdobenchmark.val_fraction must be in [0, 1), got {val_fraction}")
   uniq = np.unique(groups)
   order = np.random.default_rng(seed).permutation(len(uniq))
   target, taken, val_groups = val_fraction * len(groups), 0, []

@@ -36,7 +36,7 @@ def _as_float32(element: dict[str, Any]) -> dict[str, Any]:
 def pretrain_dataset(source, *, global_batch_size: int, seed: int, process_index: int = 0,
                      process_count: int = 1, workers: int = 0, prefetch: int = 2):
   """Infinite iterable of per-process batches {'image', 'label', 'id'} for pretraining
-  (plus 'multi_hot' (B, K) when the source is multi-label, see sources.py).
+  (plus 'multi_hot' (B, K) when the source is multi-label, see sources/arrays.py).
 
   Returns a grain IterDataset; `iter()` of it gives a checkpointable DatasetIterator.
   """
@@ -57,7 +57,7 @@ def pretrain_dataset(source, *, global_batch_size: int, seed: int, process_index
   if workers > 0:
     if not flags.FLAGS.is_parsed():
       # grain reads absl flags when it starts workers; outside absl.app.run (notebooks,
-      # pytest) they are unparsed and grain would raise (STACK.md trap 7). Defaults are fine.
+      # pytest) they are unparsed and grain would raise. Defaults are fine.
       flags.FLAGS.mark_as_parsed()
     it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=max(1, prefetch)))

@@ -70,14 +70,6 @@ def dataset_statistics(source, max_examples: int = 0, seed: int = 0,
   return stats
 
 
-def split_statistics(data_cfg, splits: Sequence[str], max_examples: int = 0,
-                     seed: int = 0) -> dict[str, dict[str, Any]]:
-  """`dataset_statistics` for each named split of the configured source."""
-  from simclr_jax.data import sources
-  return {s: dataset_statistics(sources.make_source(data_cfg, s), max_examples, seed)
-          for s in splits}
-
-
 def format_statistics(stats: dict[str, dict[str, Any]]) -> str:
   """Markdown lines, one per split, e.g.
   `- train: 35,479 (Quiet 30,904 / >=C 4,575); tensor (128, 128, 1), min -1, max 1, ...`."""

@@ -1,4 +1,5 @@
-"""Models: ResNet encoders, SimCLR projection / online heads, and the SimCLR module."""
+"""Models: ResNet and selective-kernel ResNet encoders, SimCLR projection / online heads and
+the SimCLR module."""
 
 from simclr_jax.models.heads import OnlineClassifier, ProjectionHead
 from simclr_jax.models.resnet import (
@@ -6,12 +7,11 @@ from simclr_jax.models.resnet import (
     BasicBlock,
     Bottleneck,
     ResNet,
-    backbone_features,
     get_backbone,
 )
+from simclr_jax.models.sk_resnet import SK_BACKBONES, SKConv, SKResNet, get_sk_backbone
 from simclr_jax.models.simclr import (
     SimCLRModel,
-    encoder_from_config,
     make_encoder,
     model_from_config,
 )
@@ -23,10 +23,12 @@ __all__ = [
     "OnlineClassifier",
     "ProjectionHead",
     "ResNet",
+    "SKConv",
+    "SKResNet",
+    "SK_BACKBONES",
     "SimCLRModel",
-    "backbone_features",
-    "encoder_from_config",
     "get_backbone",
+    "get_sk_backbone",
     "make_encoder",
     "model_from_config",
 ]

@@ -184,8 +184,3 @@ def get_backbone(name: str, **kwargs) -> ResNet:
   stage_sizes, block_cls = _lookup(name)
   return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, **kwargs)
 
-
-def backbone_features(name: str, width_multiplier: float = 1.0) -> int:
-  """Width of h: 512*w for resnet18/34, 2048*w for resnet50 and up (last stage is 8x the base)."""
-  _, block_cls = _lookup(name)
-  return base_width(width_multiplier) * 8 * block_cls.expansion

@@ -1,8 +1,9 @@
-"""SimCLR as one Flax module: encoder f (ResNet) + projection g (+ online classifier).
+"""SimCLR as one Flax module: encoder f (ResNet or SK-ResNet) + projection g (+ online classifier).
 
 Variable layout -- other code depends on it:
-  params['encoder']      the ResNet; linear evaluation restores only this subtree and applies
-                         it with `make_encoder(...)` built from the same config
+  params['encoder']      the ResNet; `make_encoder(...)` built from the same config applies
+                         this subtree alone (an exported encoder). Linear evaluation applies
+                         the whole model in inference mode and reads its `h`
   params['projection']   the projection MLP (discarded after pretraining)
   params['online_head']  only when num_classes > 0
 batch_stats follows the same names.
@@ -18,15 +19,26 @@ import jax.numpy as jnp
 
 from simclr_jax.models.heads import OnlineClassifier, ProjectionHead
 from simclr_jax.models.resnet import ResNet, get_backbone
+from simclr_jax.models.sk_resnet import SK_BACKBONES, get_sk_backbone
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def make_encoder(backbone: str, width_multiplier: float = 1.0, cifar_stem: bool = False,
-                 bn_axis_name: str | None = None, dtype: Any = jnp.float32, **kwargs) -> ResNet:
-  """The encoder alone; apply it to {'params': params['encoder'], 'batch_stats': ...['encoder']}."""
-  return get_backbone(backbone, width_multiplier=width_multiplier, cifar_stem=cifar_stem,
-                      bn_axis_name=bn_axis_name, dtype=dtype, **kwargs)
+                 bn_axis_name: str | None = None, dtype: Any = jnp.float32, **kwargs) -> nn.Module:
+  """The encoder alone; apply it to {'params': params['encoder'], 'batch_stats': ...['encoder']}.
+
+  `backbone`: resnet18 ... resnet200, or SimCLR v2's selective-kernel sk_resnet18 ...
+  sk_resnet200 (sk_ratio 0.0625 unless given in kwargs).
+  """
+  build = get_backbone
+  if backbone in SK_BACKBONES:
+    # The selective-kernel blocks always use XLA's convolution: their grouped and dilated
+    # kernels are the cases the im2col path hands back to XLA anyway.
+    build = get_sk_backbone
+    kwargs.pop("conv_impl", None)
+  return build(backbone, width_multiplier=width_multiplier, cifar_stem=cifar_stem,
+               bn_axis_name=bn_axis_name, dtype=dtype, **kwargs)
 
 
 class SimCLRModel(nn.Module):
@@ -73,12 +85,6 @@ def _dtype(name: str):
   if name not in _DTYPES:
     raise ValueError(f"Unknown model dtype {name!r}; valid: {', '.join(_DTYPES)}.")
   return _DTYPES[name]
-
-
-def encoder_from_config(model_cfg, bn_axis_name: str | None = None) -> ResNet:
-  """The encoder of `model_from_config(model_cfg, ...)`, for linear evaluation."""
-  return make_encoder(model_cfg.backbone, model_cfg.width_multiplier, model_cfg.cifar_stem,
-                      bn_axis_name, _dtype(model_cfg.dtype))
 
 
 def conv_impl(model_cfg) -> str:
