@@ -109,6 +109,57 @@ def get_config(arg=None):
   c.eval.select_by = "log_loss"     # pick C by validation log_loss (smooth) | accuracy
   c.eval.label_fractions = (1.0,)   # probe with these stratified fractions of the labels
   c.eval.baselines = ()             # ('random_init', 'raw_pixels') to report references too
+  # logistic: scikit-learn lbfgs (exact) | logistic_jax: the same objective by optax L-BFGS on
+  # the device (seconds on wide features) | head: optax-trained linear/MLP head (blog recipe)
+  c.eval.probes = ("logistic",)
+  c.eval.checkpoint = "best"        # best (by train.monitor; else latest) | latest | a step
+  c.eval.positive_class = "-1"      # two classes: name or index for TSS/HSS (-1 = the last)
+  c.eval.head_hidden = 0            # head probe: 0 = linear, else one ReLU layer this wide
+  c.eval.head_dropout = 0.0
+  c.eval.head_learning_rate = 3e-4  # Adam
+  c.eval.head_weight_decay = 0.0    # > 0: AdamW
+  c.eval.head_batch_size = 64
+  c.eval.head_epochs = 100          # the epoch of least validation loss is kept
+  # During pretraining, every `eval.every_epochs` (0 = never): on `eval.monitor_split`, the
+  # online head's accuracy and a kNN monitor (cosine similarity, `knn_k` neighbours among the
+  # features of the labelled train split), written to TensorBoard as monitor/*.
+  c.eval.every_epochs = 0
+  c.eval.monitor_split = "test"     # a validation split where the source has one
+  c.eval.knn_k = 20
+  c.eval.monitor_examples = 2000    # train examples in the kNN bank (0 = all)
+
+  # --- early stopping and the best checkpoint (on the monitor above) --------------------------
+  c.train.monitor = ""              # metric watched, e.g. 'monitor/knn_accuracy' ('' = none)
+  c.train.monitor_mode = "max"      # max | min
+  c.train.patience = 0              # evaluations without improvement before stopping (0 = off)
+
+  # --- online evaluator: its own optimizer, no gradient into the encoder ----------------------
+  c.online_eval = ml_collections.ConfigDict()
+  c.online_eval.optimizer = "adam"  # adam | sgd; '' = trained by the SSL optimizer (as before)
+  c.online_eval.learning_rate = 1e-4
+
+  # --- fine-tuning (simclr_jax/finetune.py; scripts/finetune.py --workdir DIR) ----------------
+  # Encoder (+ `from_projection` layers of the projection head, SimCLR v2) + a new head, on
+  # stratified `label_fractions` of the labelled train split (8:2 fit/val, `seed`), scored on
+  # data.eval_split at the epoch of least validation loss.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.label_fractions = (1.0,)
+  c.finetune.val_fraction = 0.2
+  c.finetune.seed = 0               # label fractions, the fit/val split, head init, batches
+  c.finetune.epochs = 30
+  c.finetune.batch_size = 64        # global; rounded down to the device count, <= fit size
+  c.finetune.learning_rate = 3e-4   # head
+  c.finetune.encoder_lr = 3e-5      # encoder (and kept projection layers); 0 = frozen
+  c.finetune.optimizer = "adam"     # adam | adamw | sgd (momentum 0.9)
+  c.finetune.weight_decay = 0.0
+  c.finetune.head_hidden = 0        # 0 = linear head, else one ReLU layer this wide
+  c.finetune.head_dropout = 0.0
+  c.finetune.from_projection = 0    # SimCLR v2: keep this many projection layers (v2: 1)
+  c.finetune.batch_norm = "auto"    # train | frozen | auto (frozen iff encoder_lr == 0)
+  c.finetune.patience = 0           # epochs without a better val loss before stopping (0 = off)
+  c.finetune.augment = True         # crop + flips of the pretraining recipe on training images
+  c.finetune.baseline = True        # also train the same model from random init (supervised)
+  c.finetune.eval_batch_size = 256
 
   # --- multi-host start (simclr_jax/parallel.py: initialize_distributed) ----------------------
   # Unset here: JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else the cluster
