@@ -195,3 +195,28 @@ def shrink(c: ml_collections.ConfigDict, batch_size: int = 16, num_devices: int 
   c.train.log_every = 1
   c.train.checkpoint_every = 2
   return c
+
+
+def _as_default_type(default, value):
+  """JSON turns tuples into lists: give them back their tuple form (nested pairs too)."""
+  if isinstance(value, list):
+    return tuple(_as_default_type(None, v) for v in value)
+  return value
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A workdir's saved config.json (a dict) over every default field, so a run written before a
+  field existed still takes `--config.<field>=...` overrides (scripts/finetune.py)."""
+  def merge(into, values):
+    for key, value in values.items():
+      if key in into and isinstance(into[key], ml_collections.ConfigDict) and isinstance(
+          value, dict):
+        merge(into[key], value)
+        continue
+      with into.ignore_type():
+        into[key] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
+                     else _as_default_type(into.get(key), value))
+  c = get_config()
+  with c.unlocked():
+    merge(c, saved)
+  return c
