@@ -177,16 +177,21 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
   if not multilabel and (np.asarray(train_src.labels) < 0).all():
     raise ValueError(f"{train_src!r} has no labels: the linear probe needs a labelled split")
   setup = train.build(config, len(train_src))
-  initial = train.init_state(setup, train.run_keys(config.seed)[0])
-  state, step, kind = monitor.restore_for_eval(workdir, ev.get("checkpoint", "best"), initial)
+  state, step, kind = monitor.restore_for_eval(workdir, ev.get("checkpoint", "best"),
+                                               monitor.abstract_state(setup, config.seed))
   targets = ((train_src.multi_hot, test_src.multi_hot) if multilabel
              else (np.asarray(train_src.labels), np.asarray(test_src.labels)))
 
   features = {}
-  for name, st in (("pretrained", state), ("random_init", initial)):
-    if name == "pretrained" or name in ev.baselines:
-      features[name] = lambda st=st: (extract_features(setup, st, train_src, ev.batch_size)[0],
-                                      extract_features(setup, st, test_src, ev.batch_size)[0])
+  encoders = {"pretrained": lambda: state}
+  if "random_init" in ev.baselines:
+    encoders["random_init"] = lambda: train.init_state(setup, train.run_keys(config.seed)[0])
+  for name, get_state in encoders.items():
+    def both(get_state=get_state):
+      st = get_state()
+      return (extract_features(setup, st, train_src, ev.batch_size)[0],
+              extract_features(setup, st, test_src, ev.batch_size)[0])
+    features[name] = both
   if "raw_pixels" in ev.baselines:
     features["raw_pixels"] = lambda: (raw_pixels(train_src, ev.batch_size),
                                       raw_pixels(test_src, ev.batch_size))

@@ -182,11 +182,12 @@ class Trainer:
     if pretrained is not None:
       params["encoder"] = pretrained.params["encoder"]
       stats["encoder"] = pretrained.batch_stats["encoder"]
-      for i in range(1, self.ft.from_projection + 1):
-        params["projection"] = {**params["projection"],
-                                f"dense{i}": pretrained.params["projection"][f"dense{i}"]}
-        stats["projection"] = {**stats["projection"],
-                               f"bn{i}": pretrained.batch_stats["projection"][f"bn{i}"]}
+      if self.ft.from_projection:
+        kept = {f"{kind}{i}" for i in range(1, self.ft.from_projection + 1)
+                for kind in ("dense", "bn")}
+        params["projection"] = {k: pretrained.params["projection"][k] for k in kept}
+        stats["projection"] = {k: v for k, v in pretrained.batch_stats["projection"].items()
+                               if k in kept}
     state = train.TrainState.create(apply_fn=self.model.apply, params=params,
                                     batch_stats=stats, tx=self.tx)
     return jax.device_put(state, parallel.replicated(self.mesh))
@@ -322,7 +323,7 @@ def finetune(workdir: str, config=None) -> dict:
   scores = evaluate.make_scores(config, train_src, multilabel)
 
   setup = train.build(config, len(train_src))
-  template = train.init_state(setup, train.run_keys(config.seed)[0])
+  template = monitor.abstract_state(setup, config.seed)
   pretrained, step, kind = monitor.restore_for_eval(workdir, config.eval.get("checkpoint",
                                                                              "best"), template)
   trainer = Trainer(config, k, multilabel)

@@ -113,6 +113,24 @@ def save_best(manager: ocp.CheckpointManager, step: int, state, metrics: dict) -
                metrics={k: float(v) for k, v in metrics.items()}, force=True)
 
 
+def abstract_state(setup, seed: int):
+  """Shapes, dtypes and (replicated) shardings of the run's TrainState, without computing or
+  compiling its init: all a restore needs."""
+  c = setup.config.data
+  dummy = jax.ShapeDtypeStruct((1, c.image_size, c.image_size, c.channels), jnp.float32)
+  rng = jax.random.PRNGKey(seed)
+
+  def _init(rng, x):
+    from simclr_jax import train   # train imports this module
+    variables = setup.model.init({"params": rng, "dropout": rng}, x, train=False)
+    return train.TrainState.create(apply_fn=setup.model.apply, params=variables["params"],
+                                   batch_stats=variables.get("batch_stats", {}), tx=setup.tx)
+
+  rep = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+                      jax.eval_shape(_init, rng, dummy))
+
+
 def _has_steps(path: str) -> bool:
   return os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path))
 
