@@ -112,7 +112,7 @@ def get_config(arg=None):
   # logistic: scikit-learn lbfgs (exact) | logistic_jax: the same objective by optax L-BFGS on
   # the device (seconds on wide features) | head: optax-trained linear/MLP head (blog recipe)
   c.eval.probes = ("logistic",)
-  c.eval.checkpoint = "best"        # best (by train.monitor; else latest) | latest | a step
+  c.eval.checkpoint = "best"        # best (workdir/checkpoints_best, else latest) | latest | STEP
   c.eval.positive_class = "-1"      # two classes: name or index for TSS/HSS (-1 = the last)
   c.eval.head_hidden = 0            # head probe: 0 = linear, else one ReLU layer this wide
   c.eval.head_dropout = 0.0
@@ -120,23 +120,6 @@ def get_config(arg=None):
   c.eval.head_weight_decay = 0.0    # > 0: AdamW
   c.eval.head_batch_size = 64
   c.eval.head_epochs = 100          # the epoch of least validation loss is kept
-  # During pretraining, every `eval.every_epochs` (0 = never): on `eval.monitor_split`, the
-  # online head's accuracy and a kNN monitor (cosine similarity, `knn_k` neighbours among the
-  # features of the labelled train split), written to TensorBoard as monitor/*.
-  c.eval.every_epochs = 0
-  c.eval.monitor_split = "test"     # a validation split where the source has one
-  c.eval.knn_k = 20
-  c.eval.monitor_examples = 2000    # train examples in the kNN bank (0 = all)
-
-  # --- early stopping and the best checkpoint (on the monitor above) --------------------------
-  c.train.monitor = ""              # metric watched, e.g. 'monitor/knn_accuracy' ('' = none)
-  c.train.monitor_mode = "max"      # max | min
-  c.train.patience = 0              # evaluations without improvement before stopping (0 = off)
-
-  # --- online evaluator: its own optimizer, no gradient into the encoder ----------------------
-  c.online_eval = ml_collections.ConfigDict()
-  c.online_eval.optimizer = "adam"  # adam | sgd; '' = trained by the SSL optimizer (as before)
-  c.online_eval.learning_rate = 1e-4
 
   # --- fine-tuning (simclr_jax/finetune.py; scripts/finetune.py --workdir DIR) ----------------
   # Encoder (+ `from_projection` layers of the projection head, SimCLR v2) + a new head, on
