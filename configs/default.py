@@ -108,6 +108,40 @@ def get_config(arg=None):
   c.eval.select_by = "log_loss"     # pick C by validation log_loss (smooth) | accuracy
   c.eval.label_fractions = (1.0,)   # probe with these stratified fractions of the labels
   c.eval.baselines = ()             # ('random_init', 'raw_pixels') to report references too
+  # logistic: scikit-learn lbfgs (exact) | logistic_jax: the same objective by optax L-BFGS on
+  # the device (seconds on wide features) | head: optax-trained linear/MLP head (blog recipe)
+  c.eval.probes = ("logistic",)
+  c.eval.checkpoint = "best"        # best (workdir/checkpoints_best, else latest) | latest | STEP
+  c.eval.positive_class = "-1"      # two classes: name or index for TSS/HSS (-1 = the last)
+  c.eval.head_hidden = 0            # head probe: 0 = linear, else one ReLU layer this wide
+  c.eval.head_dropout = 0.0
+  c.eval.head_learning_rate = 3e-4  # Adam
+  c.eval.head_weight_decay = 0.0    # > 0: AdamW
+  c.eval.head_batch_size = 64
+  c.eval.head_epochs = 100          # the epoch of least validation loss is kept
+
+  # --- fine-tuning (simclr_jax/finetune.py; scripts/finetune.py --workdir DIR) ----------------
+  # Encoder (+ `from_projection` layers of the projection head, SimCLR v2) + a new head, on
+  # stratified `label_fractions` of the labelled train split (8:2 fit/val, `seed`), scored on
+  # data.eval_split at the epoch of least validation loss.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.label_fractions = (1.0,)
+  c.finetune.val_fraction = 0.2
+  c.finetune.seed = 0               # label fractions, the fit/val split, head init, batches
+  c.finetune.epochs = 30
+  c.finetune.batch_size = 64        # global; rounded down to the device count, <= fit size
+  c.finetune.learning_rate = 3e-4   # head
+  c.finetune.encoder_lr = 3e-5      # encoder (and kept projection layers); 0 = frozen
+  c.finetune.optimizer = "adam"     # adam | adamw | sgd (momentum 0.9)
+  c.finetune.weight_decay = 0.0
+  c.finetune.head_hidden = 0        # 0 = linear head, else one ReLU layer this wide
+  c.finetune.head_dropout = 0.0
+  c.finetune.from_projection = 0    # SimCLR v2: keep this many projection layers (v2: 1)
+  c.finetune.batch_norm = "auto"    # train | frozen | auto (frozen iff encoder_lr == 0)
+  c.finetune.patience = 0           # epochs without a better val loss before stopping (0 = off)
+  c.finetune.augment = True         # crop + flips of the pretraining recipe on training images
+  c.finetune.baseline = True        # also train the same model from random init (supervised)
+  c.finetune.eval_batch_size = 256
 
   # --- multi-host start (simclr_jax/parallel.py: initialize_distributed) ----------------------
   # Unset here: JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else the cluster
@@ -143,4 +177,29 @@ def shrink(c: ml_collections.ConfigDict, batch_size: int = 16, num_devices: int 
   c.train.num_devices = num_devices
   c.train.log_every = 1
   c.train.checkpoint_every = 2
+  return c
+
+
+def _as_default_type(default, value):
+  """JSON turns tuples into lists: give them back their tuple form (nested pairs too)."""
+  if isinstance(value, list):
+    return tuple(_as_default_type(None, v) for v in value)
+  return value
+
+
+def with_defaults(saved: dict) -> ml_collections.ConfigDict:
+  """A workdir's saved config.json (a dict) over every default field, so a run written before a
+  field existed still takes `--config.<field>=...` overrides (scripts/finetune.py)."""
+  def merge(into, values):
+    for key, value in values.items():
+      if key in into and isinstance(into[key], ml_collections.ConfigDict) and isinstance(
+          value, dict):
+        merge(into[key], value)
+        continue
+      with into.ignore_type():
+        into[key] = (ml_collections.ConfigDict(value) if isinstance(value, dict)
+                     else _as_default_type(into.get(key), value))
+  c = get_config()
+  with c.unlocked():
+    merge(c, saved)
   return c

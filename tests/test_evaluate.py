@@ -3,12 +3,16 @@
 import json
 import os
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from configs import digits
-from simclr_jax import evaluate, train
+from simclr_jax import checkpoint, evaluate, metrics, models, monitor, probes, train
+from simclr_jax.data import sources
 
 
 def test_fit_probe_separates_separable_classes_and_picks_c_on_validation():
@@ -73,3 +77,105 @@ def test_linear_eval_on_a_pretrained_run(tmp_path):
 def test_linear_eval_without_a_run_names_the_workdir(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json"):
     evaluate.linear_eval(str(tmp_path))
+
+
+# --- on-device probes ----------------------------------------------------------------------
+
+def _objective(x, y, w, b, c):
+  """scikit-learn's LogisticRegression objective in plain NumPy (float64)."""
+  z = x @ w + b
+  z = z - z.max(1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+  return -logp[np.arange(len(y)), y].mean() + 0.5 / (c * len(y)) * (w ** 2).sum()
+
+
+def test_lbfgs_logistic_reaches_scikit_learns_optimum():
+  d = load_digits()
+  x = StandardScaler().fit_transform(d.data[:600])
+  y = d.target[:600]
+  for c in (0.01, 1.0):
+    ref = LogisticRegression(C=c, tol=1e-10, max_iter=20000).fit(x, y)
+    got = probes.LbfgsLogistic(C=c).fit(x, y)
+    w = np.asarray(got.params_["w"], np.float64)
+    b = np.asarray(got.params_["b"], np.float64)
+    assert _objective(x, y, w, b, c) == pytest.approx(
+        _objective(x, y, ref.coef_.T, ref.intercept_, c), rel=1e-4)
+    assert np.mean(got.predict(x) == ref.predict(x)) >= 0.99
+
+
+def test_fit_probe_on_the_device_measures_what_scikit_learn_measures():
+  d = load_digits()
+  args = (d.data[:1400], d.target[:1400], d.data[1400:], d.target[1400:], (0.1, 1.0), 0.2)
+  ref = evaluate.fit_probe(*args)
+  got = evaluate.fit_probe(*args, solver="jax",
+                           scores=lambda y, p: metrics.classification(y, p, 10))
+  assert got["C"] == ref["C"] and got["solver"] == "jax"
+  assert abs(got["test_accuracy"] - ref["test_accuracy"]) <= 2 / 397
+  assert got["metrics"]["accuracy"] == got["test_accuracy"]
+  with pytest.raises(ValueError, match="solver='cuda'"):
+    evaluate.fit_probe(*args, solver="cuda")
+
+
+def test_head_probe_single_and_multi_label_on_known_problems():
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(3), 100)
+  x = np.eye(3)[y] * 4 + rng.normal(size=(300, 3))
+  predict, info = probes.fit_head(x[::2], y[::2], x[1::2][:50], y[1::2][:50], 3, hidden=16,
+                                  learning_rate=1e-2, epochs=30)
+  assert np.mean(predict(x[1::2]).argmax(1) == y[1::2]) > 0.95
+  assert info["val_loss"][info["best_epoch"] - 1] == min(info["val_loss"])
+  # Multi-label: label k is on iff feature k > 0; a linear sigmoid head separates that.
+  x = rng.normal(size=(400, 4))
+  t = (x > 0).astype(np.int8)
+  predict, _ = probes.fit_head(x[:300], t[:300], x[300:350], t[300:350], 4,
+                               learning_rate=3e-2, epochs=40)
+  assert metrics.multilabel(t[350:], predict(x[350:]))["micro_f1"] > 0.9
+
+
+def test_raw_pixels_of_a_file_source_are_its_pixels(tmp_path):
+  rng = np.random.default_rng(0)
+  os.makedirs(tmp_path / "a")
+  imgs = [rng.integers(0, 256, (4, 4), dtype=np.uint8) for _ in range(5)]
+  for i, im in enumerate(imgs):
+    Image.fromarray(im).save(tmp_path / "a" / f"{i}.png")
+  src = sources.FolderSource(str(tmp_path), "train", image_size=4, channels=1)
+  got = evaluate.raw_pixels(src, batch_size=2)          # batches of 2: the last one padded
+  np.testing.assert_allclose(got, np.stack(imgs).reshape(5, -1) / 255.0, atol=1e-7)
+
+
+def test_probe_features_equal_an_independent_forward_pass_of_the_restored_step(tmp_path):
+  config = digits.get_config("tiny")
+  config.data.image_size = 16
+  workdir = str(tmp_path)
+  setup = train.build(config, 1437)
+  state = train.init_state(setup, train.run_keys(config.seed)[0])
+  manager = checkpoint.make_manager(workdir, 1, 3)
+  moved = {}
+  for step in (1, 2):        # two checkpoints with different weights
+    st = state.replace(params=jax.tree.map(lambda p: p * (1 + 0.1 * step), state.params))
+    checkpoint.save(manager, step, st, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  restored, step, kind = monitor.restore_for_eval(workdir, "1", monitor.abstract_state(
+      setup, config.seed))
+  assert (step, kind) == (1, "step")
+  src = sources.make_source(config.data, "test")
+  feats, labels = evaluate.extract_features(setup, restored, src, 64)
+  # Independently: orbax alone reads step 1, a fresh encoder module applies it, one device.
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
+  raw = mngr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  mngr.close()
+  encoder = models.encoder_from_config(config.model)
+  images = np.stack([src[i]["image"] for i in range(len(src))])
+  ref = encoder.apply({"params": raw["params"]["encoder"],
+                       "batch_stats": raw["batch_stats"]["encoder"]}, images, train=False)
+  np.testing.assert_allclose(feats, np.asarray(ref), rtol=1e-4, atol=1e-5)
+  np.testing.assert_array_equal(labels, src.labels)
+  latest, step, _ = monitor.restore_for_eval(workdir, "best", monitor.abstract_state(
+      setup, config.seed))        # no best checkpoint kept: the latest
+  assert step == 2 and not np.allclose(
+      evaluate.extract_features(setup, latest, src, 64)[0], feats)
+  with pytest.raises(ValueError, match="eval.checkpoint='7': no such step"):
+    monitor.restore_for_eval(workdir, "7", monitor.abstract_state(setup, config.seed))
+  with pytest.raises(ValueError, match="eval.checkpoint='newest': expected 'best', 'latest'"):
+    monitor.restore_for_eval(workdir, "newest", monitor.abstract_state(setup, config.seed))

@@ -1,0 +1,35 @@
+"""Markdown tables of downstream results: label fractions as rows, protocols as columns."""
+
+from __future__ import annotations
+
+_COLUMNS = (("linear probe", None), ("fine-tuned", "pretrained"),
+            ("supervised from scratch", "scratch"))
+
+
+def _score(row: dict) -> str:
+  m = row.get("metrics", {})
+  if "tss" in m:
+    return f"{m['accuracy']:.4f} (TSS {m['tss']:.3f}, HSS {m['hss']:.3f})"
+  if "mAP" in m:
+    return f"micro F1 {m['micro_f1']:.4f}, mAP {m['mAP']:.4f}"
+  return f"{row['test_accuracy']:.4f}"
+
+
+def fraction_table(finetune_report: dict, probe_report: dict | None = None) -> str:
+  """Test accuracy (and TSS/HSS or F1/mAP) per label fraction: linear probe (of the pretrained
+  features, from linear_eval.json when given), fine-tuned, supervised from scratch."""
+  cells: dict[float, dict[str, str]] = {}
+  for r in finetune_report["results"]:
+    col = "fine-tuned" if r["init"] == "pretrained" else "supervised from scratch"
+    cells.setdefault(r["label_fraction"], {})[col] = _score(r)
+  for r in (probe_report or {}).get("results", []):
+    if r["features"] == "pretrained" and r["label_fraction"] in cells:
+      cells[r["label_fraction"]].setdefault("linear probe", _score(r))
+  cols = [c for c, _ in _COLUMNS if any(c in row for row in cells.values())]
+  lines = [f"Test split `{finetune_report['eval_split']}`, checkpoint "
+           f"{finetune_report['checkpoint']} (step {finetune_report['checkpoint_step']}).", "",
+           "| labels | " + " | ".join(cols) + " |", "| --- |" + " --- |" * len(cols)]
+  for fraction in sorted(cells):
+    lines.append(f"| {fraction:.0%} | " + " | ".join(cells[fraction].get(c, "")
+                                                    for c in cols) + " |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,181 @@
+"""Fine-tuning on real orbax checkpoints: a frozen encoder stays bitwise, the protocol's splits
+and files, the v2 projection layers, and an SDOBenchmark-layout run scored by TSS/HSS."""
+
+import csv
+import datetime as dt
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from PIL import Image
+
+from configs import digits, sdobenchmark
+from simclr_jax import checkpoint, finetune, monitor, train
+from simclr_jax.data import sources
+
+
+def _config():
+  c = digits.get_config("tiny")
+  c.data.image_size = 16
+  c.finetune.epochs = 2
+  c.finetune.batch_size = 16
+  c.finetune.label_fractions = (0.1,)
+  return c
+
+
+def _workdir(config, path, num_examples):
+  """A workdir as pretraining leaves it: config.json and a real orbax checkpoint (step 3) of
+  a state whose weights are not those of the seed's init (they were moved by noise)."""
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  setup = train.build(config, num_examples)
+  state = train.init_state(setup, train.run_keys(config.seed)[0])
+  noise = jax.random.PRNGKey(7)
+  state = state.replace(params=jax.tree.map(
+      lambda p: p + 0.01 * jax.random.normal(noise, p.shape, p.dtype), state.params))
+  manager = checkpoint.make_manager(path, 1, 2)
+  checkpoint.save(manager, 3, state, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return str(path), setup
+
+
+def _saved(workdir, step=3):
+  """The checkpoint as numpy, read with orbax alone (no template, no project code)."""
+  mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  mngr.close()
+  return jax.tree.map(np.asarray, state)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  config = _config()
+  workdir, setup = _workdir(config, tmp_path_factory.mktemp("pretrained"), 1437)
+  return config, workdir, monitor.abstract_state(setup, config.seed)
+
+
+def _bits(tree):
+  return [np.asarray(x).view(np.uint8).tobytes() for x in jax.tree.leaves(tree)]
+
+
+def test_encoder_lr_zero_leaves_encoder_and_projection_layer_bitwise_unchanged(run):
+  _, workdir, template = run
+  config = _config()
+  config.finetune.encoder_lr = 0.0            # batch_norm 'auto' -> frozen running stats
+  config.finetune.from_projection = 1         # SimCLR v2: from the first projection layer
+  src = sources.make_source(config.data, "train")
+  trainer = finetune.Trainer(config, 10, multilabel=False)
+  pretrained, step, kind = monitor.restore_for_eval(workdir, "latest", template)
+  assert (step, kind) == (3, "latest")
+  state = trainer.init(0, pretrained)
+  saved = _saved(workdir)
+  # The kept projection layer is the pretrained one; the new head reads its 32 units.
+  assert set(state.params["projection"]) == {"dense1", "bn1"}
+  for group in ("params", "batch_stats"):
+    assert _bits(getattr(state, group)["projection"]) == _bits(
+        {k: v for k, v in saved[group]["projection"].items() if k in ("dense1", "bn1")})
+  assert state.params["head"]["out"]["kernel"].shape == (config.model.hidden_mlp, 10)
+  head_before = jax.tree.map(np.asarray, state.params["head"])
+  fit, val = np.arange(0, 160), np.arange(160, 200)
+  _, last, info = trainer.fit(state, finetune.Subset(src, fit), finetune.Subset(src, val),
+                              src.labels[val], "label", seed=0)
+  assert info["epochs_run"] == 2 and int(last.step) == 2 * (160 // 16)
+  for group in ("params", "batch_stats"):
+    assert _bits(getattr(last, group)["encoder"]) == _bits(saved[group]["encoder"])
+    assert _bits(getattr(last, group)["projection"]) == _bits(
+        {k: v for k, v in saved[group]["projection"].items() if k in ("dense1", "bn1")})
+  # ... while the head did train.
+  moved = [not np.array_equal(a, b) for a, b in
+           zip(jax.tree.leaves(head_before), jax.tree.leaves(last.params["head"]))]
+  assert all(moved)
+
+
+def test_from_projection_beyond_the_hidden_layers_is_refused():
+  config = _config()
+  config.finetune.from_projection = 2        # proj_layers 2 has one hidden layer only
+  with pytest.raises(ValueError, match=r"finetune.from_projection=2: expected 0..1"):
+    finetune.Trainer(config, 10, multilabel=False)
+
+
+def test_bad_fields_name_the_field():
+  config = _config()
+  config.finetune.batch_norm = "sometimes"
+  with pytest.raises(ValueError, match="finetune.batch_norm='sometimes': expected train"):
+    finetune.Trainer(config, 10, multilabel=False)
+
+
+def test_finetune_writes_json_and_table_with_the_protocol_splits(run):
+  config, workdir, _ = run
+  report = finetune.finetune(workdir, config)
+  with open(os.path.join(workdir, "finetune.json")) as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(report))
+  rows = {r["init"]: r for r in saved["results"]}
+  assert set(rows) == {"pretrained", "scratch"}
+  # 10 % of each digit class of 1437 (round(0.1 * n) per class), then 8:2.
+  y = sources.make_source(config.data, "train").labels
+  per_class = sum(int(round(0.1 * n)) for n in np.bincount(y))
+  for r in rows.values():
+    assert r["n_fit"] + r["n_val"] == per_class
+    assert r["n_val"] == int(np.ceil(0.2 * per_class))
+    assert r["best_epoch"] == int(np.argmin(r["val_loss_curve"])) + 1
+    cm = np.asarray(r["metrics"]["confusion_matrix"])
+    assert cm.sum() == 360 and r["test_accuracy"] == pytest.approx(np.trace(cm) / 360)
+  table = open(os.path.join(workdir, "finetune.md")).read()
+  acc = rows["pretrained"]["test_accuracy"], rows["scratch"]["test_accuracy"]
+  assert f"| 10% | {acc[0]:.4f} | {acc[1]:.4f} |" in table
+
+
+def _write_sdobenchmark(root, regions=8, per_region=3, test_regions=2, side=16):
+  """SDOBenchmark layout: training/ and test/ with meta_data.csv and one magnetogram jpg per
+  sample at 11h50 (time step 3). Flaring samples (>= 1e-6) carry a bright square."""
+  rng = np.random.default_rng(0)
+  for folder, ars in (("training", range(11400, 11400 + regions)),
+                      ("test", range(12000, 12000 + test_regions))):
+    rows = []
+    for ar in ars:
+      for k in range(per_region):
+        start = dt.datetime(2012, 3, 1 + k)
+        sid = f"{ar}_{start:%Y_%m_%d_%H_%M_%S}_{k}"
+        d = os.path.join(root, folder, str(ar), sid.split("_", 1)[1])
+        os.makedirs(d)
+        flare = (ar + k) % 2 == 0
+        img = rng.integers(100, 156, (side, side)).astype(np.uint8)
+        if flare:
+          img[4:12, 4:12] = 250
+        when = start + sources.SDOBENCHMARK_STEPS[3]
+        Image.fromarray(img).save(os.path.join(d, f"{when:%Y-%m-%dT%H%M%S}__magnetogram.jpg"))
+        rows.append([sid, start.isoformat(), (start + dt.timedelta(hours=36)).isoformat(),
+                     3e-6 if flare else 2e-7])
+    with open(os.path.join(root, folder, "meta_data.csv"), "w", newline="") as f:
+      csv.writer(f).writerows([["id", "start", "end", "peak_flux"]] + rows)
+
+
+def test_sdobenchmark_finetune_end_to_end_writes_tss_and_hss(tmp_path):
+  data = tmp_path / "SDOBenchmark"
+  _write_sdobenchmark(str(data))
+  config = sdobenchmark.get_config("tiny")
+  config.data.path = str(data)
+  config.data.image_size = 16
+  config.finetune.epochs = 2
+  config.finetune.batch_size = 8
+  config.finetune.baseline = False
+  workdir, _ = _workdir(config, tmp_path / "run", 22)
+  report = finetune.finetune(workdir, config)
+  with open(os.path.join(workdir, "finetune.json")) as f:
+    row = json.load(f)["results"][0]
+  m = row["metrics"]
+  assert m["positive_class"] == ">=C" and m["class_names"] == ["Quiet", ">=C"]
+  # TSS and HSS recomputed from the saved confusion matrix (rows true, columns predicted).
+  (tn, fp), (fn, tp) = m["confusion_matrix"]
+  assert tn + fp + fn + tp == 6 == row["n_test"]
+  assert m["tss"] == pytest.approx((tp / (tp + fn) if tp + fn else 0) - fp / (fp + tn))
+  den = (tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)
+  assert m["hss"] == pytest.approx(2 * (tp * tn - fn * fp) / den if den else 0.0)
+  assert report["results"][0]["metrics"] == m
+  assert "TSS" in open(os.path.join(workdir, "finetune.md")).read()
