@@ -15,6 +15,7 @@ from PIL import Image
 from configs import digits, sdobenchmark
 from simclr_jax import checkpoint, finetune, monitor, train
 from simclr_jax.data import sources
+from simclr_jax.data.sources import solar
 
 
 def _config():
@@ -148,7 +149,7 @@ def _write_sdobenchmark(root, regions=8, per_region=3, test_regions=2, side=16):
         img = rng.integers(100, 156, (side, side)).astype(np.uint8)
         if flare:
           img[4:12, 4:12] = 250
-        when = start + sources.SDOBENCHMARK_STEPS[3]
+        when = start + solar.SDOBENCHMARK_STEPS[3]
         Image.fromarray(img).save(os.path.join(d, f"{when:%Y-%m-%dT%H%M%S}__magnetogram.jpg"))
         rows.append([sid, start.isoformat(), (start + dt.timedelta(hours=36)).isoformat(),
                      3e-6 if flare else 2e-7])
