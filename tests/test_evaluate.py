@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
+from sklearn.preprocessing import StandardScaler
 
 from configs import digits
 from simclr_jax import checkpoint, evaluate, metrics, models, monitor, probes, train
