@@ -9,6 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from configs import digits
@@ -166,7 +167,8 @@ def test_probe_features_equal_an_independent_forward_pass_of_the_restored_step(t
   mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
   raw = mngr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   mngr.close()
-  encoder = models.encoder_from_config(config.model)
+  m = config.model
+  encoder = models.make_encoder(m.backbone, m.width_multiplier, m.cifar_stem)
   images = np.stack([src[i]["image"] for i in range(len(src))])
   ref = encoder.apply({"params": raw["params"]["encoder"],
                        "batch_stats": raw["batch_stats"]["encoder"]}, images, train=False)

@@ -121,13 +121,14 @@ def test_online_head_leaves_the_encoder_and_projection_update_unchanged():
   init_rng, augment_key = train.run_keys(without.seed)
   s_head = train.build(with_head, len(src))
   s_ref = train.build(without, len(src))
-  state = jax.device_get(train.init_state(s_head, init_rng))
+  state = jax.device_get(train.init_state(s_head, init_rng))  # on the host: steps donate
   # The reference: the same encoder and projection, no head, the SSL optimizer alone.
   drop = lambda tree: {k: v for k, v in tree.items() if k != "online_head"}  # noqa: E731
-  ref_state = train.TrainState.create(apply_fn=s_ref.model.apply, params=drop(state.params),
-                                      batch_stats=drop(state.batch_stats), tx=s_ref.tx)
+  ref_state = jax.device_get(train.TrainState.create(
+      apply_fn=s_ref.model.apply, params=drop(state.params),
+      batch_stats=drop(state.batch_stats), tx=s_ref.tx))
   new, metrics = _one_step(s_head, state, batch, augment_key)
-  ref, _ = _one_step(s_ref, jax.device_get(ref_state), batch, augment_key)
+  ref, _ = _one_step(s_ref, ref_state, batch, augment_key)
   assert metrics["online_loss"] > 0
   for part in ("encoder", "projection"):
     for a, b in ((new.params, ref.params), (new.batch_stats, ref.batch_stats)):
@@ -152,7 +153,22 @@ def _restore_params(directory, step):
   return jax.tree.map(np.asarray, state["params"])
 
 
-def test_run_with_evaluation_keeps_the_best_checkpoint_and_stops_early(tmp_path):
+def _fast_compiling(make_train_step):
+  """make_train_step whose step compiles at -O0 (the same HLO): a test about what the loop
+  does around the step need not wait for LLVM."""
+  def make(setup, augment_key):
+    step, compiled = make_train_step(setup, augment_key), []
+
+    def run(state, batch):
+      if not compiled:
+        compiled.append(step.lower(state, batch).compile(compiler_options=FAST_COMPILE))
+      return compiled[0](state, batch)
+    return run
+  return make
+
+
+def test_run_with_evaluation_keeps_the_best_checkpoint_and_stops_early(tmp_path, monkeypatch):
+  monkeypatch.setattr(train, "make_train_step", _fast_compiling(train.make_train_step))
   patience, steps = 2, 6
   config = _tiny(**{"model.online_head": True, "train.steps": steps,
                     "train.checkpoint_every": 1, "train.keep_checkpoints": steps,
