@@ -2,9 +2,10 @@
 during pretraining that drives them (`PretrainMonitor`), and which checkpoint the probes and
 fine-tuning read (`eval.checkpoint = best | latest | STEP`).
 
-The best checkpoint lives in its own orbax CheckpointManager, `workdir/checkpoints_best/`,
-next to the keep-N latest ones in `workdir/checkpoints/`: orbax keeps one, chosen by the
-monitored metric (`best_fn`), so the latest checkpoints still rotate for resuming.
+The best checkpoint lives in its own orbax CheckpointManager, `workdir/checkpoints_best/`
+(the train state only), next to the keep-N latest ones in `workdir/checkpoints/`, which resume
+the run (state and data iterator) and rotate as before. A state goes there when it beats every
+earlier evaluation, and orbax keeps one, by the monitored metric (`best_fn`).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 Where a run starts, decided in one place (`pretrain`): from the latest checkpoint in the
 workdir when there is one (resume is the default), else from scratch with `config.seed`.
+Evaluation during the run, the best checkpoint and early stopping: simclr_jax/monitor.py.
 """
 
 from __future__ import annotations
