@@ -225,4 +225,9 @@ def with_defaults(saved: dict) -> ml_collections.ConfigDict:
   c = get_config()
   with c.unlocked():
     merge(c, saved)
+    if "online_eval" not in saved:
+      # Written before the online head had its own optimizer: it trained with the SSL one, and
+      # the checkpoints' optimizer state has that structure (train.build reads None so).
+      with c.ignore_type():
+        c.online_eval = None
   return c
