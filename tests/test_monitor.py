@@ -174,6 +174,8 @@ def test_run_with_evaluation_keeps_the_best_checkpoint_and_stops_early(tmp_path,
                     "train.checkpoint_every": 1, "train.keep_checkpoints": steps,
                     "train.patience": patience, "train.monitor": "knn_accuracy"})
   config.eval.every_epochs = 1 / (1437 // config.train.batch_size)     # every step
+  config.data.image_size = 8        # the digits' own size: a quicker evaluation
+  config.eval.knn_bank_size = 400   # a fixed subset of the 1437 train digits as the bank
   workdir = str(tmp_path)
   train.pretrain(config, workdir)
   # The metric as TensorBoard has it, and where a run with this patience must stop.
