@@ -112,7 +112,7 @@ def get_config(arg=None):
   # The best checkpoint by the same metric is kept in workdir/checkpoints_best.
   c.train.patience = 0              # 0 = never stop early
   c.train.monitor = "knn_accuracy"  # knn_accuracy | online_accuracy | online_loss (eval split)
-  c.train.monitor_mode = "max"      # max | min
+  c.train.monitor_mode = "auto"     # max | min | auto (min for *_loss, else max)
   c.train.min_delta = 0.0
 
   # --- linear evaluation (simclr_jax/evaluate.py) -------------------------------------------

@@ -241,7 +241,9 @@ class PretrainMonitor:
       return
     self.workdir, self.setup = workdir, setup
     self.metric = str(tr.get("monitor", "knn_accuracy")).removeprefix("eval/")
-    self.mode = tr.get("monitor_mode", "max")
+    self.mode = tr.get("monitor_mode", "auto")
+    if self.mode == "auto":        # a loss falls as the run improves, an accuracy rises
+      self.mode = "min" if self.metric.endswith("loss") else "max"
     known = ("knn_accuracy",) + (("online_accuracy", "online_loss") if setup.num_classes else ())
     if self.metric not in known:
       raise ValueError(f"train.monitor={self.metric!r}: this run evaluates {known} "
