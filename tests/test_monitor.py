@@ -211,3 +211,15 @@ def test_run_with_evaluation_keeps_the_best_checkpoint_and_stops_early(tmp_path,
   # Started again, the stopped run stays stopped: no new step, no new evaluation.
   train.pretrain(config, workdir)
   assert sorted(scalars(workdir)["eval/knn_accuracy"]) == list(range(1, stop + 1))
+
+
+def test_monitor_settings_are_refused_before_any_work():
+  assert [monitor.eval_interval(e, 44) for e in (0.0, 0.001, 0.5, 2.0)] == [0, 1, 22, 88]
+  config = _tiny(**{"train.patience": 3})               # eval.every_epochs = 0: nothing to watch
+  setup = train.build(config, 1437)
+  with pytest.raises(ValueError, match=r"train.patience=3 .* eval.every_epochs > 0"):
+    monitor.PretrainMonitor(config, setup, "/nonexistent", None)
+  config.eval.every_epochs = 1.0
+  config.train.monitor = "online_accuracy"              # model.online_head is off
+  with pytest.raises(ValueError, match="train.monitor='online_accuracy'.*online_head"):
+    monitor.PretrainMonitor(config, setup, "/nonexistent", None)
