@@ -63,6 +63,14 @@ def get_config(arg=None):
   c.model.online_hidden = 128       # 0 = linear online head
   c.model.online_dropout = 0.0
 
+  # --- the online head's own optimizer (simclr_jax/optim.py: online_optimizer) ------------------
+  # Adam at a constant 1e-3 (Adam's usual default): the head has to keep up with a representation
+  # that changes at every step, within runs of a few hundred steps here (digits: 100).
+  # pl_bolts' SSLOnlineEvaluator uses 1e-4; SolarNet 1e-5 over its ~10^5 steps (configs/sdo.py).
+  c.online_eval = ml_collections.ConfigDict()
+  c.online_eval.learning_rate = 1e-3
+  c.online_eval.weight_decay = 0.0  # > 0: AdamW (kernels only)
+
   # --- loss -----------------------------------------------------------------------------
   c.loss = ml_collections.ConfigDict()
   c.loss.temperature = 0.5
@@ -99,6 +107,13 @@ def get_config(arg=None):
   c.train.log_every = 10
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
+  # Early stopping on a metric of the evaluation during pretraining (eval.every_epochs > 0):
+  # stop once `patience` evaluations in a row brought no improvement by more than min_delta.
+  # The best checkpoint by the same metric is kept in workdir/checkpoints_best.
+  c.train.patience = 0              # 0 = never stop early
+  c.train.monitor = "knn_accuracy"  # knn_accuracy | online_accuracy | online_loss (eval split)
+  c.train.monitor_mode = "auto"     # max | min | auto (min for *_loss, else max)
+  c.train.min_delta = 0.0
 
   # --- linear evaluation (simclr_jax/evaluate.py) -------------------------------------------
   c.eval = ml_collections.ConfigDict()
@@ -111,6 +126,14 @@ def get_config(arg=None):
   # logistic: scikit-learn lbfgs (exact) | logistic_jax: the same objective by optax L-BFGS on
   # the device (seconds on wide features) | head: optax-trained linear/MLP head (blog recipe)
   c.eval.probes = ("logistic",)
+  # Evaluation during pretraining (simclr_jax/monitor.py), written to TensorBoard as eval/*:
+  # a kNN classifier of h (cosine similarity; train split as the bank) and, with
+  # model.online_head, the online head's accuracy and loss, on `monitor_split`.
+  c.eval.every_epochs = 0.0         # every this many epochs, and after the last step; 0 = off
+  c.eval.monitor_split = ""         # '' = data.eval_split
+  c.eval.knn_k = 20
+  c.eval.knn_temperature = 0.07     # votes exp(sim / T) (InstDisc, solo-learn); 0 = majority
+  c.eval.knn_bank_size = 0          # > 0: a fixed random subset of the train split as the bank
   c.eval.checkpoint = "best"        # best (workdir/checkpoints_best, else latest) | latest | STEP
   c.eval.positive_class = "-1"      # two classes: name or index for TSS/HSS (-1 = the last)
   c.eval.head_hidden = 0            # head probe: 0 = linear, else one ReLU layer this wide
@@ -202,4 +225,9 @@ def with_defaults(saved: dict) -> ml_collections.ConfigDict:
   c = get_config()
   with c.unlocked():
     merge(c, saved)
+    if "online_eval" not in saved:
+      # Written before the online head had its own optimizer: it trained with the SSL one, and
+      # the checkpoints' optimizer state has that structure (train.build reads None so).
+      with c.ignore_type():
+        c.online_eval = None
   return c

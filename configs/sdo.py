@@ -54,6 +54,7 @@ def get_config(arg=None):
   c.model.online_head = True        # SolarNet's SSLEvaluator: 2048 -> 128 -> 2, dropout 0.2
   c.model.online_hidden = 128
   c.model.online_dropout = 0.2
+  c.online_eval.learning_rate = 1e-5  # SolarNet's online evaluator: Adam 1e-5
 
   c.loss.temperature = 0.5          # pl_bolts SimCLR default, used by SolarNet
 

@@ -134,3 +134,34 @@ def make_optimizer(optim_cfg: Any, batch_size: int, steps_per_epoch: int,
                       eps=float(optim_cfg.eps))
     tx = optax.chain(optax.add_decayed_weights(wd, mask=mask), adam) if wd > 0 else adam
   return tx, schedule
+
+
+# The online classifier's parameters: params['online_head'] (simclr_jax/models/simclr.py).
+ONLINE_HEAD = "online_head"
+
+
+def online_optimizer(online_cfg: Any) -> optax.GradientTransformation:
+  """The online classifier's own optimizer: Adam (AdamW if weight_decay > 0), constant lr.
+
+  Constant, not the SSL schedule: the head must keep up with a representation that moves at
+  every step, warm-up and cosine decay of the encoder's lr included.
+  """
+  lr, wd = float(online_cfg.learning_rate), float(online_cfg.get("weight_decay", 0.0))
+  if lr < 0:
+    raise ValueError(f"online_eval.learning_rate={lr}: must be >= 0")
+  return optax.adamw(lr, weight_decay=wd, mask=decay_mask) if wd > 0 else optax.adam(lr)
+
+
+def online_labels(params: Any) -> Any:
+  """'online' for every leaf of params['online_head'], 'ssl' for the rest."""
+  return {name: jax.tree.map(lambda _, n=name: "online" if n == ONLINE_HEAD else "ssl", sub)
+          for name, sub in params.items()}
+
+
+def with_online_head(ssl_tx: optax.GradientTransformation,
+                     online_tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`ssl_tx` on the encoder and projection, `online_tx` on the online head (BYOL's optimizer
+  masks, via optax.multi_transform). Each sees its own leaves only (the others are masked out),
+  so the SSL update is the one `ssl_tx` makes on a model without the head, LARS trust ratios
+  and weight decay included."""
+  return optax.multi_transform({"ssl": ssl_tx, "online": online_tx}, online_labels)

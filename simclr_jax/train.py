@@ -2,6 +2,7 @@
 
 Where a run starts, decided in one place (`pretrain`): from the latest checkpoint in the
 workdir when there is one (resume is the default), else from scratch with `config.seed`.
+Evaluation during the run, the best checkpoint and early stopping: simclr_jax/monitor.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from clu import metric_writers
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import augment, checkpoint, losses, optim, parallel
+from simclr_jax import augment, checkpoint, losses, monitor, optim, parallel
 from simclr_jax.data import pipeline, sources
 from simclr_jax.models import simclr as simclr_model
 
@@ -55,6 +56,11 @@ def build(config, num_train_examples: int) -> Setup:
   model = simclr_model.model_from_config(config.model, num_classes=num_classes,
                                          bn_axis_name=parallel.DATA)
   tx, schedule = optim.make_optimizer(config.optim, batch_size, steps_per_epoch, total_steps)
+  # The online head gets its own optimizer (and no gradient from the SSL loss, nor gives one to
+  # the encoder). A workdir written before `online_eval` existed trained it with `tx`: keep
+  # that, so its checkpoints (optimizer state included) still restore.
+  if num_classes and config.get("online_eval") is not None:
+    tx = optim.with_online_head(tx, optim.online_optimizer(config.online_eval))
   return Setup(config, mesh, model, tx, schedule, steps_per_epoch, total_steps, num_classes)
 
 
@@ -185,6 +191,9 @@ def pretrain(config, workdir: str) -> dict[str, float]:
       process_index=jax.process_index(), process_count=jax.process_count(),
       workers=config.data.workers, prefetch=config.data.prefetch)
   data_iter = iter(dataset)
+  # Evaluation every eval.every_epochs, the best checkpoint and early stopping (off by default);
+  # built first, so that a config it refuses fails before any compiling.
+  watch = monitor.PretrainMonitor(config, setup, workdir, source)
 
   init_rng, augment_key = run_keys(config.seed)
   state = init_state(setup, init_rng)
@@ -196,6 +205,11 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   else:
     start = 0
     logging.info("Starting from scratch (seed %d)", config.seed)
+  end = setup.total_steps
+  if watch.resume(start):
+    logging.info("The run stopped early at step %d (train.patience=%d): nothing to do", start,
+                 watch.patience)
+    end = start
 
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("%s: %d parameters, %d devices, global batch %d, %d steps (%d per epoch)",
@@ -209,24 +223,37 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   history, last = [], {}
   t0, images_since = time.perf_counter(), 0
   try:
-    for step in range(start, setup.total_steps):
+    for step in range(start, end):
       batch = _device_batch(setup.mesh, next(data_iter))
       state, metrics = train_step(state, batch)
       history.append(metrics)
       images_since += config.train.batch_size
       done = step + 1
-      if done % config.train.log_every == 0 or done == setup.total_steps:
+      stop = False
+      if watch.due(done, setup.total_steps):
+        # images_per_sec counts training only: the steps in flight finish first, then the
+        # evaluation's time is taken out of the current window.
+        jax.block_until_ready(state)
+        t1 = time.perf_counter()
+        stop = watch(done, state, writer)
+        t0 += time.perf_counter() - t1
+      if done % config.train.log_every == 0 or done == setup.total_steps or stop:
         last = _average(history)        # device_get here: one host sync per log, not per step
         dt = time.perf_counter() - t0
         last["images_per_sec"] = images_since / dt
         last["epoch"] = done / setup.steps_per_epoch
         writer.write_scalars(done, last)
         history, t0, images_since = [], time.perf_counter(), 0
-      checkpoint.save(manager, done, state, data_iter, force=done == setup.total_steps)
+      checkpoint.save(manager, done, state, data_iter, force=done == setup.total_steps or stop)
+      if stop:
+        logging.info("Early stop at step %d: see %s", done,
+                     os.path.join(workdir, monitor.HISTORY))
+        break
   finally:
     # Also on an exception (Ctrl-C, a crash): finish the checkpoint being written and flush the
     # logged metrics, so the restarted run continues from everything that was reported.
     manager.wait_until_finished()
+    watch.close()
     writer.flush()
     writer.close()
     manager.close()
