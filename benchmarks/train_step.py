@@ -41,15 +41,15 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-RECIPE_BATCH = {"cifar10": 256, "sdo": 32}   # the issue's recipes, not the configs' batches
+RECIPE_BATCH = {"cifar10": 256, "sdo": 32, "digits": 256}   # not always the configs' batches
 MARK = "RESULT "                             # prefix of a worker's one JSON line on stdout
 
 
 def recipe_config(name: str, batch: int | None = None, dtype: str = "float32",
                   conv_impl: str | None = None):
   """The recipe's real config (configs/<name>.py, default variant) with Adam 1e-3."""
-  from configs import cifar10, sdo
-  modules = {"cifar10": cifar10, "sdo": sdo}
+  from configs import cifar10, digits, sdo
+  modules = {"cifar10": cifar10, "sdo": sdo, "digits": digits}
   if name not in modules:
     raise ValueError(f"unknown recipe {name!r}; expected one of {', '.join(modules)}")
   c = modules[name].get_config()
