@@ -85,13 +85,9 @@ def fit_probe(x_train, y_train, x_test, y_test, c_grid, val_fraction, seed=0,
   """Picks C on a validation split, refits on all of x_train, scores x_test.
 
   `select_by='log_loss'` (default) picks the C of least validation cross-entropy, a smooth
-  score. Validation accuracy moves in steps of one example (1/287 for digits) and ties across
-  most of the grid, where the tie-break decides: on five digits encoders it chose C from 0.03
-  to 3, the log-loss C=1-3 every time (mean test accuracy the same, 0.984 vs 0.983, the spread
-  narrower). Ties -> stronger regularisation.
-  `solver='jax'` minimises the same objective with `probes.LbfgsLogistic` on the device, each
-  fit warm-started from the previous one. `scores(y_test, y_pred)`, when given, adds
-  result['metrics'].
+  score: validation accuracy moves in steps of one example and, on a few hundred validation
+  examples, ties across most of the grid, where the tie-break would decide. Ties -> stronger
+  regularisation.
   """
   if select_by not in ("log_loss", "accuracy"):
     raise ValueError(f"eval.select_by={select_by!r}; expected 'log_loss' or 'accuracy'")

@@ -77,7 +77,8 @@ class Classifier(nn.Module):
     cfg = self.model_cfg
     self.encoder = simclr_model.make_encoder(
         cfg["backbone"], cfg["width_multiplier"], cfg["cifar_stem"], self.bn_axis_name,
-        simclr_model._dtype(cfg["dtype"]), conv_impl=simclr_model.conv_impl(_Attrs(dict(cfg))))
+        simclr_model.compute_dtype(cfg["dtype"]),
+        conv_impl=simclr_model.conv_impl(_Attrs(dict(cfg))))
     if self.from_projection:
       self.projection = ProjectionPrefix(cfg["hidden_mlp"], self.from_projection,
                                          self.bn_axis_name, self.encoder.dtype)

@@ -81,7 +81,8 @@ class SimCLRModel(nn.Module):
     return self.encoder(x, train).astype(jnp.float32)
 
 
-def _dtype(name: str):
+def compute_dtype(name: str):
+  """model.dtype ('float32' | 'bfloat16') as the jnp dtype the encoder computes in."""
   if name not in _DTYPES:
     raise ValueError(f"Unknown model dtype {name!r}; valid: {', '.join(_DTYPES)}.")
   return _DTYPES[name]
@@ -111,6 +112,6 @@ def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = No
       online_hidden=model_cfg.online_hidden,
       online_dropout=model_cfg.online_dropout,
       bn_axis_name=bn_axis_name,
-      dtype=_dtype(model_cfg.dtype),
+      dtype=compute_dtype(model_cfg.dtype),
       conv_impl=conv_impl(model_cfg),
   )
