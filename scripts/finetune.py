@@ -9,50 +9,27 @@ latest) on each label fraction, prints one line per model and writes WORKDIR/fin
 and WORKDIR/finetune.md (fractions x linear probe / fine-tuned / from scratch).
 """
 
-import json
 import os
 import sys
 
 # Configs import each other as `configs.<name>`: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags
-from ml_collections import config_flags
+from absl import app
 
-from configs import default
+import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
 from simclr_jax import logs, parallel
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
-flags.mark_flags_as_required(["workdir"])
-
-
-def _workdir_from_argv(argv) -> str | None:
-  """--workdir is needed before flag parsing: the --config.* overrides apply to its config."""
-  for i, arg in enumerate(argv):
-    if arg.startswith("--workdir="):
-      return arg.split("=", 1)[1]
-    if arg == "--workdir" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
-
-
-def _define_config(argv):
-  workdir = _workdir_from_argv(argv)
-  path = os.path.join(workdir, "config.json") if workdir else ""
-  saved = json.load(open(path)) if path and os.path.exists(path) else {}
-  return config_flags.DEFINE_config_dict("config", default.with_defaults(saved),
-                                         "The run's config; override fields as --config.x=...")
-
-
-_CONFIG = _define_config(sys.argv)
+_WORKDIR, _CONFIG = workdir_flags.define()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not os.path.exists(os.path.join(_WORKDIR.value, "config.json")):
-    raise app.UsageError(f"no {_WORKDIR.value}/config.json: is it the workdir of a pretraining "
-                         "run?")
+  try:
+    workdir_flags.require_run(_WORKDIR.value)
+  except ValueError as e:
+    raise app.UsageError(str(e))
   logs.quiet_libraries()
   parallel.use_all_cpu_cores()
   from simclr_jax import finetune, metrics

@@ -1,6 +1,10 @@
 """Linear probe of a pretrained encoder: `python scripts/linear_eval.py --workdir runs/digits`.
 
-Restores the latest checkpoint of the run in --workdir (with the config it saved), extracts
+  python scripts/linear_eval.py --workdir runs/digits \
+      --config.eval.label_fractions='(0.05,0.25,0.5,1.0)'
+
+Restores the `eval.checkpoint` of the run in --workdir (with the config it saved, and any
+--config.<field>=... overrides), extracts
 frozen features h of the labelled train and eval splits, fits a logistic regression, prints
 the test accuracy and writes WORKDIR/linear_eval.json.
 """
@@ -11,21 +15,25 @@ import sys
 # Configs import each other as `configs.<name>`: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags
+from absl import app
 
+import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
 from simclr_jax import logs, parallel
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
-flags.mark_flags_as_required(["workdir"])
+_WORKDIR, _CONFIG = workdir_flags.define()
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    workdir_flags.require_run(_WORKDIR.value)
+  except ValueError as e:
+    raise app.UsageError(str(e))
   logs.quiet_libraries()
   parallel.use_all_cpu_cores()
   from simclr_jax import evaluate
-  report = evaluate.linear_eval(_WORKDIR.value)
+  report = evaluate.linear_eval(_WORKDIR.value, _CONFIG.value)
   evaluate.print_report(report)
 
 

@@ -193,7 +193,9 @@ class Trainer:
                                if k in kept}
     state = train.TrainState.create(apply_fn=self.model.apply, params=params,
                                     batch_stats=stats, tx=self.tx)
-    return jax.device_put(state, parallel.replicated(self.mesh))
+    # Copies: the train step donates its state, and the pretrained arrays must outlive it
+    # (every label fraction starts from them).
+    return jax.device_put(jax.tree.map(jnp.array, state), parallel.replicated(self.mesh))
 
   def _make_train_step(self):
     model, multilabel, bn_train, view = self.model, self.multilabel, self.bn_train, self.view

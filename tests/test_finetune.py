@@ -1,6 +1,7 @@
 """Fine-tuning on real orbax checkpoints: a frozen encoder stays bitwise, the protocol's splits
 and files, the v2 projection layers, and an SDOBenchmark-layout run scored by TSS/HSS."""
 
+import copy
 import csv
 import datetime as dt
 import json
@@ -112,24 +113,29 @@ def test_bad_fields_name_the_field():
 
 def test_finetune_writes_json_and_table_with_the_protocol_splits(run):
   config, workdir, _ = run
+  config = copy.deepcopy(config)
+  # Two fractions: each starts from the same pretrained arrays, which the first one's donating
+  # train step must not have consumed.
+  config.finetune.label_fractions = (0.1, 0.2)
   report = finetune.finetune(workdir, config)
   with open(os.path.join(workdir, "finetune.json")) as f:
     saved = json.load(f)
   assert saved == json.loads(json.dumps(report))
-  rows = {r["init"]: r for r in saved["results"]}
-  assert set(rows) == {"pretrained", "scratch"}
-  # 10 % of each digit class of 1437 (round(0.1 * n) per class), then 8:2.
+  rows = {(r["init"], r["label_fraction"]): r for r in saved["results"]}
+  assert set(rows) == {(i, f) for i in ("pretrained", "scratch") for f in (0.1, 0.2)}
+  # round(fraction * n) of each digit class of 1437, then 8:2.
   y = sources.make_source(config.data, "train").labels
-  per_class = sum(int(round(0.1 * n)) for n in np.bincount(y))
-  for r in rows.values():
+  for (_, fraction), r in rows.items():
+    per_class = sum(int(round(fraction * n)) for n in np.bincount(y))
     assert r["n_fit"] + r["n_val"] == per_class
     assert r["n_val"] == int(np.ceil(0.2 * per_class))
     assert r["best_epoch"] == int(np.argmin(r["val_loss_curve"])) + 1
     cm = np.asarray(r["metrics"]["confusion_matrix"])
     assert cm.sum() == 360 and r["test_accuracy"] == pytest.approx(np.trace(cm) / 360)
   table = open(os.path.join(workdir, "finetune.md")).read()
-  acc = rows["pretrained"]["test_accuracy"], rows["scratch"]["test_accuracy"]
-  assert f"| 10% | {acc[0]:.4f} | {acc[1]:.4f} |" in table
+  for fraction in (0.1, 0.2):
+    acc = rows["pretrained", fraction]["test_accuracy"], rows["scratch", fraction]["test_accuracy"]
+    assert f"| {fraction:.0%} | {acc[0]:.4f} | {acc[1]:.4f} |" in table
 
 
 def _write_sdobenchmark(root, regions=8, per_region=3, test_regions=2, side=16):
