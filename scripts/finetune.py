@@ -18,20 +18,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 
 import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
-from simclr_jax import logs, parallel
 
 _WORKDIR, _CONFIG = workdir_flags.define()
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
-    workdir_flags.require_run(_WORKDIR.value)
-  except ValueError as e:
-    raise app.UsageError(str(e))
-  logs.quiet_libraries()
-  parallel.use_all_cpu_cores()
+  workdir_flags.start(argv, _WORKDIR.value)
   from simclr_jax import finetune, metrics
   report = finetune.finetune(_WORKDIR.value, _CONFIG.value)
   for r in report["results"]:

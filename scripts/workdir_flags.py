@@ -1,4 +1,4 @@
-"""Command-line flags of the scripts that read a pretraining workdir (linear_eval, finetune).
+"""Flags and start-up of the scripts that read a pretraining workdir (linear_eval, finetune).
 
 `--workdir DIR` plus `--config.<field>=value` overrides applied to the config the run saved in
 DIR/config.json (fields it predates take their defaults). absl needs the config flag defined,
@@ -11,10 +11,11 @@ import json
 import os
 import sys
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from configs import default
+from simclr_jax import logs, parallel
 
 
 def _workdir_from_argv(argv) -> str | None:
@@ -38,7 +39,12 @@ def define(argv=None):
   return workdir, config
 
 
-def require_run(workdir: str) -> None:
-  """A clear error, before any work, when `workdir` holds no pretraining run."""
+def start(argv, workdir: str) -> None:
+  """What both scripts do before any work: refuse stray arguments and a workdir without a
+  pretraining run (absl usage errors), quiet the libraries' logs, one CPU device per core."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise ValueError(f"no {workdir}/config.json: is it the workdir of a pretraining run?")
+    raise app.UsageError(f"no {workdir}/config.json: is it the workdir of a pretraining run?")
+  logs.quiet_libraries()
+  parallel.use_all_cpu_cores()

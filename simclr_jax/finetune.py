@@ -75,10 +75,8 @@ class Classifier(nn.Module):
 
   def setup(self):
     cfg = self.model_cfg
-    self.encoder = simclr_model.make_encoder(
-        cfg["backbone"], cfg["width_multiplier"], cfg["cifar_stem"], self.bn_axis_name,
-        simclr_model.compute_dtype(cfg["dtype"]),
-        conv_impl=simclr_model.conv_impl(_Attrs(dict(cfg))))
+    # Flax hands dict attributes back frozen (a FrozenDict): attribute access again.
+    self.encoder = simclr_model.encoder_from_config(_Attrs(dict(cfg)), self.bn_axis_name)
     if self.from_projection:
       self.projection = ProjectionPrefix(cfg["hidden_mlp"], self.from_projection,
                                          self.bn_axis_name, self.encoder.dtype)
@@ -163,7 +161,7 @@ class Trainer:
     self.mesh = parallel.make_mesh(config.train.num_devices)
     self.frozen = ft.encoder_lr == 0
     self.bn_train = (ft.batch_norm == "train" or (ft.batch_norm == "auto" and not self.frozen))
-    self.model = Classifier(_Attrs(config.model.to_dict()), num_outputs, ft.head_hidden,
+    self.model = Classifier(config.model.to_dict(), num_outputs, ft.head_hidden,
                             ft.head_dropout, ft.from_projection, parallel.DATA)
     self.encoder_keys = ("encoder", "projection") if ft.from_projection else ("encoder",)
     self.tx = optax.multi_transform(

@@ -98,6 +98,12 @@ def conv_impl(model_cfg) -> str:
   return impl
 
 
+def encoder_from_config(model_cfg, bn_axis_name: str | None = None) -> nn.Module:
+  """The encoder of `model_from_config(model_cfg, ...)` alone, for models built around it."""
+  return make_encoder(model_cfg.backbone, model_cfg.width_multiplier, model_cfg.cifar_stem,
+                      bn_axis_name, compute_dtype(model_cfg.dtype), conv_impl=conv_impl(model_cfg))
+
+
 def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = None) -> SimCLRModel:
   """SimCLRModel from the config's `model` group; the online head exists iff online_head and
   num_classes > 0 (unlabelled data has no classes to track)."""
