@@ -1,6 +1,7 @@
 """SolarNet's SimCLR on SDO/HMI magnetograms (Jarolim et al.'s SolarNet): SDOML `bz`, 128x128.
 
   python scripts/pretrain.py --config configs/sdo.py --workdir runs/sdo --linear_eval
+  python scripts/finetune.py --workdir runs/sdo      # the flare classifier: TSS, HSS
 
 Data: SolarNet's sdo-dataset at data/sdo-dataset-ssl-bz-1h-2010-2014 (relative to the working
 directory; `--config.data.path=...` elsewhere): sdo-dataset-{train,val,test}.csv with
@@ -10,7 +11,13 @@ clip ±250 G, / 250, flipped north-up, resized to 128 (mean of 4x4 blocks).
 Recipe: ResNet-50 (1 input channel, ImageNet stem), projection 2048 -> 2048 -> BN -> ReLU -> 64,
 Adam 1e-3 with 10 warm-up epochs then cosine, batch 768, seed 42, 1000 epochs, augment preset
 'solarnet' (crop scale (0.5, 1), h/v flips, no intensity ops), online MLP head on 2 classes
-(Quiet < 1e-6, >=C >= 1e-6 W/m² GOES peak flux).
+(Quiet < 1e-6, >=C >= 1e-6 W/m² GOES peak flux) with its own Adam at 1e-5 and no gradient into
+the encoder. Every epoch: kNN and online accuracy and loss on 'val' (TensorBoard, monitor.json);
+the best epoch by online validation loss goes to runs/sdo/checkpoints_best, which linear_eval
+and finetune read by default; patience 200 epochs. finetune.py trains the encoder plus a
+128-hidden head (dropout 0.2; encoder Adam 1e-4, head 1e-3, batch 128, up to 50 epochs,
+patience 10) and the same model from scratch, and reports TSS and HSS of '>=C' on 'test'
+(finetune.json, finetune.md).
 Expect (SolarNet, 2x TITAN RTX, 56,056 s): early stop at epoch 544 (patience 200), best epoch
 345; train 35,479 (Quiet 30,904 / >=C 4,575), val 3,686; tensor min -1, max 1, mean -0.00045,
 std 0.0396; SSL then fine-tuned on SDOBenchmark: TSS 0.646 (supervised baseline 0.607).
@@ -70,11 +77,39 @@ def get_config(arg=None):
   c.train.epochs = 1000
   c.train.checkpoint_every = 500
 
+  # SolarNet validates every epoch, keeps the best epoch and stops after 200 epochs without a
+  # better one. Its monitor is a validation loss; here the online head's loss on 'val' (the
+  # contrastive loss is not evaluated on val). kNN on a fixed 5,000-image bank: re-embedding
+  # all 35k training images every epoch would cost about a third of an epoch each time.
+  c.eval.every_epochs = 1.0
+  c.eval.monitor_split = "val"
+  c.eval.knn_bank_size = 5000
+  c.eval.positive_class = ">=C"     # TSS and HSS of the flare class, in probes and fine-tuning
+  c.train.patience = 200
+  c.train.monitor = "online_loss"
+  c.train.monitor_mode = "min"
+
+  # Fine-tuning into the flare classifier (scripts/finetune.py), scored by TSS and HSS on
+  # data.eval_split: SolarNet's evaluator head (128 hidden, dropout 0.2) on the encoder, all
+  # labels, the epoch of least validation loss kept, stopped after 10 epochs without a better
+  # one; the same model from random init is the supervised baseline.
+  c.finetune.label_fractions = (1.0,)
+  c.finetune.epochs = 50
+  c.finetune.batch_size = 128
+  c.finetune.learning_rate = 1e-3
+  c.finetune.encoder_lr = 1e-4
+  c.finetune.head_hidden = 128
+  c.finetune.head_dropout = 0.2
+  c.finetune.patience = 10
+  c.finetune.baseline = True
+
   if arg in ("hmi", "tiny"):
     c.data.source = "hmi"
     c.data.path = HMI_SAMPLE
     c.data.label_thresholds = ()
     c.data.num_classes = 0          # no flare labels in the sample
+    c.eval.every_epochs = 0.0       # nor a monitor, early stopping or fine-tuning
+    c.train.patience = 0
     c.data.image_size = 64
     c.data.workers = 0
     c.model.online_head = False
