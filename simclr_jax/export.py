@@ -37,11 +37,13 @@ FORMAT_VERSION = 1
 def single_device_setup(config):
   """train.build of `config` on one device: the model and the state structure of the run,
   without its batch having to divide this host's device count (a 256 batch trained on 8
-  devices loads on a 3-device machine too). Nothing is computed or compiled."""
+  devices loads on a 3-device machine too). Nothing is computed or compiled. In a
+  multi-process run every process restores together, on all devices, as the probes do."""
   from simclr_jax import train    # train imports the data pipeline; only loading needs it
   config = copy.deepcopy(config)
-  with config.unlocked():
-    config.train.num_devices = 1
+  if jax.process_count() == 1:
+    with config.unlocked():
+      config.train.num_devices = 1
   # The example count only sets the schedule's length, which restoring does not depend on.
   return train.build(config, 1)
 

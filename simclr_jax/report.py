@@ -31,6 +31,7 @@ import yaml
 from simclr_jax import monitor
 from simclr_jax.data import sources
 from simclr_jax.data import stats as stats_lib
+from simclr_jax.models import simclr as simclr_model
 
 REPORT = "report.md"
 PLOT = os.path.join("plots", "loss_curve.png")
@@ -39,34 +40,31 @@ CURVE = os.path.join("plots", "loss_curve.csv")
 CURVE_TAGS = ("loss", "contrastive_loss", "online_loss")
 
 
-# ---------------------------------------------------------------------------------------------
-# Event files.
-# ---------------------------------------------------------------------------------------------
+# --- Event files ----------------------------------------------------------------------------
 
 def read_events(workdir: str) -> dict:
   """{'scalars': {tag: {step: value}}, 'wall_times': {tag: {step: t}}, 'sessions': [(t0, t1)]}
   from every event file of `workdir`, oldest first.
 
-  clu writes scalars as 0-d tensors (plugin 'scalars'); images and other plugins are skipped.
-  A step logged again by a resumed run (it restarts at its last checkpoint, which may precede
-  the last logged step) keeps the later value. `sessions` is the first and last wall time of
-  each file: one per start of the run.
+  clu writes scalars as 0-d tensors of plugin 'scalars' (a writer may name the plugin on a
+  tag's first event only); images are skipped. A step logged again by a resumed run (it
+  restarts at its last checkpoint, which may precede the last logged step) keeps the later
+  value. `sessions`: the first and last wall time of each file, one file per start.
   """
   from tensorboard.backend.event_processing import event_file_loader
   from tensorboard.util import tensor_util
 
-  files = []
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
-    events = list(event_file_loader.EventFileLoader(path).Load())
-    if events:
-      files.append(events)
-  files.sort(key=lambda evs: evs[0].wall_time)
+  files = [list(event_file_loader.EventFileLoader(p).Load())
+           for p in glob.glob(os.path.join(workdir, "events.out.tfevents*"))]
+  files = sorted((f for f in files if f), key=lambda evs: evs[0].wall_time)
   values, walls, sessions = {}, {}, []
   for events in files:
     sessions.append((events[0].wall_time, max(e.wall_time for e in events)))
+    plugin = {}
     for e in events:
       for v in e.summary.value:
-        if v.metadata.plugin_data.plugin_name != "scalars" or not v.HasField("tensor"):
+        plugin.setdefault(v.tag, v.metadata.plugin_data.plugin_name)
+        if plugin[v.tag] != "scalars" or not v.HasField("tensor"):
           continue
         x = tensor_util.make_ndarray(v.tensor)
         if x.ndim == 0:
@@ -92,23 +90,16 @@ def write_curve(workdir: str, scalars: dict) -> str | None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
   evals = [t for t in ("eval/knn_accuracy", "eval/online_accuracy") if t in scalars]
-  fig = Figure(figsize=(7, 4.5 if not evals else 6.5), dpi=100)
+  fig = Figure(figsize=(7, 6.5 if evals else 4.5), dpi=100)
   FigureCanvasAgg(fig)
   axes = fig.subplots(2 if evals else 1, 1, sharex=True, squeeze=False)[:, 0]
-  for t in tags:
-    xs = list(scalars[t])
-    axes[0].plot(xs, [scalars[t][s] for s in xs], marker="." if len(xs) < 200 else None,
-                 label=t)
-  axes[0].set_ylabel("loss")
-  axes[0].legend()
-  axes[0].grid(alpha=0.3)
-  for t in evals:
-    xs = list(scalars[t])
-    axes[1].plot(xs, [scalars[t][s] for s in xs], marker="o", label=t)
-  if evals:
-    axes[1].set_ylabel("accuracy")
-    axes[1].legend()
-    axes[1].grid(alpha=0.3)
+  for ax, group, ylabel in zip(axes, (tags, evals), ("loss", "accuracy")):
+    for t in group:
+      xs = list(scalars[t])
+      ax.plot(xs, [scalars[t][s] for s in xs], marker="." if len(xs) < 200 else None, label=t)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.grid(alpha=0.3)
   axes[-1].set_xlabel("step")
   fig.suptitle(f"{os.path.basename(os.path.abspath(workdir))}: {len(steps)} logged steps")
   fig.tight_layout()
@@ -117,16 +108,10 @@ def write_curve(workdir: str, scalars: dict) -> str | None:
   return path
 
 
-# ---------------------------------------------------------------------------------------------
-# Architecture.
-# ---------------------------------------------------------------------------------------------
+# --- Architecture ---------------------------------------------------------------------------
 
-def _size(tree) -> int:
-  return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
-
-
-def _bytes(tree) -> int:
-  return int(sum(np.prod(x.shape, dtype=np.int64) * np.dtype(x.dtype).itemsize
+def _size(tree, bytes_: bool = False) -> int:
+  return int(sum(np.prod(x.shape, dtype=np.int64) * (np.dtype(x.dtype).itemsize if bytes_ else 1)
                  for x in jax.tree.leaves(tree)))
 
 
@@ -160,18 +145,22 @@ def module_rows(params, batch_stats=None) -> list[tuple[str, int, int]]:
 
 
 def architecture(config) -> dict:
-  """Shapes of the run's model (jax.eval_shape: nothing is computed) and what the table needs."""
-  from simclr_jax import export    # export imports train, which imports monitor
-  setup = export.single_device_setup(config)
-  state = monitor.abstract_state(setup, config.seed)
+  """Shapes of the run's model (jax.eval_shape of its init: nothing is computed, no mesh is
+  built, so process 0 of a multi-host run writes it alone) and what the table needs."""
   d = config.data
+  # model_from_config keeps the online head iff model.online_head, as train.build does.
+  model = simclr_model.model_from_config(config.model, num_classes=int(d.num_classes))
   x = jax.ShapeDtypeStruct((2, d.image_size, d.image_size, d.channels), np.float32)
-  out = jax.eval_shape(lambda v, x: setup.model.apply(v, x, train=False),
-                       {"params": state.params, "batch_stats": state.batch_stats}, x)
-  return {"rows": module_rows(state.params, state.batch_stats),
-          "total": _size(state.params), "batch_stats": _size(state.batch_stats),
-          "bytes": _bytes(state.params) + _bytes(state.batch_stats),
-          "outputs": {k: int(v.shape[-1]) for k, v in out.items()}, "model": setup.model}
+
+  def init_and_apply(rng, x):
+    variables = model.init({"params": rng, "dropout": rng}, x, train=False)
+    return variables, model.apply(variables, x, train=False)
+
+  variables, out = jax.eval_shape(init_and_apply, jax.random.PRNGKey(0), x)
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  return {"rows": module_rows(params, batch_stats), "total": _size(params),
+          "batch_stats": _size(batch_stats), "bytes": _size(variables, True),
+          "outputs": {k: int(v.shape[-1]) for k, v in out.items()}}
 
 
 def _architecture_md(config, arch) -> list[str]:
@@ -190,17 +179,15 @@ def _architecture_md(config, arch) -> list[str]:
   return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# Metadata.
-# ---------------------------------------------------------------------------------------------
+# --- Metadata -------------------------------------------------------------------------------
 
 def _duration(seconds: float) -> str:
   h, rem = divmod(int(round(seconds)), 3600)
   return f"{h}:{rem // 60:02d}:{rem % 60:02d} ({seconds:,.0f} s)"
 
 
-def _dir_bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+def _utc(t: float) -> str:
+  return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
 def _steps(path: str) -> list[int]:
@@ -212,8 +199,9 @@ def _checkpoint_lines(workdir: str) -> list[str]:
   latest = _steps(os.path.join(workdir, "checkpoints"))
   if latest:
     d = os.path.join(workdir, "checkpoints", str(latest[-1]))
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
     lines.append(f"- latest checkpoint: step {latest[-1]} (`checkpoints/{latest[-1]}`, "
-                 f"{_dir_bytes(d) / 2**20:.1f} MiB with the optimizer state; kept: {latest})")
+                 f"{size / 2**20:.1f} MiB with the optimizer state; kept: {latest})")
   best = _steps(os.path.join(workdir, monitor.BEST_DIR))
   if best:
     lines.append(f"- best checkpoint: step {best[-1]} (`{monitor.BEST_DIR}/{best[-1]}`): what "
@@ -228,8 +216,8 @@ def _checkpoint_lines(workdir: str) -> list[str]:
     last = h["history"][-1] if h["history"] else {}
     lines.append(f"- monitored: {h['monitor']} ({h['mode']}), best {h['best']:.4f} at step "
                  f"{h['best_step']} (epoch {best_entry.get('epoch', float('nan')):.2f})")
-    lines.append(f"- early stopping: {'stopped' if h['stopped'] else 'did not stop'}"
-                 f"{' at step %d (epoch %.2f)' % (last['step'], last['epoch']) if h['stopped'] else ''}"
+    where = f" at step {last['step']} (epoch {last['epoch']:.2f})" if h["stopped"] else ""
+    lines.append(f"- early stopping: {'stopped' if h['stopped'] else 'did not stop'}{where}"
                  f" (patience {h['patience'] or 'off'})")
   return lines
 
@@ -243,9 +231,9 @@ def _machine_lines() -> list[str]:
           f"{jax.process_count()} process(es)"]
 
 
-class _Sample:
-  """The first look at a large split (ImageNet: 1.28M records, whose labels alone take a pass
-  over the files): `n` examples drawn with `seed`, counted and measured."""
+class _Sample(monitor._Subset):   # noqa: SLF001 -- the kNN bank's subset view, reused
+  """`n` examples of a large split drawn with `seed`, counted and measured: ImageNet's 1.28M
+  labels alone would take a pass over all its records."""
 
   def __init__(self, source, n: int, seed: int):
     self.source = source
@@ -253,12 +241,6 @@ class _Sample:
     self.labels = np.asarray([int(source[int(i)]["label"]) for i in self.idx], np.int32)
     self.class_names = getattr(source, "class_names", None)
     self.name = getattr(source, "name", repr(source))
-
-  def __len__(self):
-    return len(self.idx)
-
-  def __getitem__(self, i):
-    return self.source[int(self.idx[i])]
 
 
 def data_lines(config, max_examples: int = 2000, max_labels: int = 200_000) -> list[str]:
@@ -294,9 +276,9 @@ def _training_lines(events: dict, config) -> list[str]:
   if not sessions:
     return ["- training time: no event files"]
   busy = sum(t1 - t0 for t0, t1 in sessions)
-  lines = [f"- training time: {_duration(busy)} over {len(sessions)} start(s) "
-           f"(event-file wall times; first {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(sessions[0][0]))}"
-           f" UTC, last {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(sessions[-1][1]))} UTC)"]
+  # From each start's first event (the writer opens after init and restore) to its last.
+  lines = [f"- training time: {_duration(busy)} over {len(sessions)} start(s) (event-file "
+           f"wall times; first {_utc(sessions[0][0])}, last {_utc(sessions[-1][1])})"]
   if "loss" in sc:
     last = max(sc["loss"])
     epoch = sc.get("epoch", {}).get(last)
@@ -308,16 +290,14 @@ def _training_lines(events: dict, config) -> list[str]:
   return lines
 
 
-# ---------------------------------------------------------------------------------------------
-# Results.
-# ---------------------------------------------------------------------------------------------
+# --- Results --------------------------------------------------------------------------------
 
 def _load(workdir, name):
   path = os.path.join(workdir, name)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f) if name.endswith(".json") else f.read()
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f) if name.endswith(".json") else f.read()
+  return None
 
 
 def _results_lines(workdir: str, scalars: dict) -> list[str]:
@@ -327,7 +307,8 @@ def _results_lines(workdir: str, scalars: dict) -> list[str]:
   if probe:
     lines += ["### Linear probe", "", f"`linear_eval.json`: checkpoint {probe['checkpoint']} "
               f"(step {probe['checkpoint_step']}), test split `{probe['eval_split']}`.", "",
-              "| features | probe | labels | test accuracy | scores |", "| --- | --- | ---: | ---: | --- |"]
+              "| features | probe | labels | test accuracy | scores |",
+              "| --- | --- | ---: | ---: | --- |"]
     for r in probe["results"]:
       acc = f"{r['test_accuracy']:.4f}" if "test_accuracy" in r else ""
       lines.append(f"| {r['features']} | {r.get('probe', 'logistic')} | "
@@ -353,9 +334,7 @@ def _results_lines(workdir: str, scalars: dict) -> list[str]:
   return lines or ["No probe, fine-tuning or online results in this workdir yet."]
 
 
-# ---------------------------------------------------------------------------------------------
-# The report.
-# ---------------------------------------------------------------------------------------------
+# --- The report -----------------------------------------------------------------------------
 
 class _Dumper(yaml.SafeDumper):
   """Groups as blocks, lists inline (`crop_scale: [0.5, 1.0]`): one field per line."""
@@ -379,7 +358,8 @@ def _curve_table(scalars: dict, rows: int = 12) -> list[str]:
   pick = sorted({steps[int(round(i))] for i in np.linspace(0, len(steps) - 1,
                                                              min(rows, len(steps)))})
   extra = [t for t in ("contrastive_accuracy", "learning_rate") if t in scalars]
-  lines = ["| step | loss | " + " | ".join(extra) + " |", "| ---: | ---: |" + " ---: |" * len(extra)]
+  lines = ["| step | loss | " + " | ".join(extra) + " |",
+           "| ---: | ---: |" + " ---: |" * len(extra)]
   for s in pick:
     lines.append(f"| {s} | {loss[s]:.4f} | " + " | ".join(
         f"{scalars[t].get(s, float('nan')):.4g}" for t in extra) + " |")
@@ -398,8 +378,7 @@ def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000
   plot = write_curve(workdir, scalars)
   arch = architecture(config)
   name = os.path.basename(os.path.abspath(workdir))
-  lines = [f"# Model report: {name}", "",
-           f"Written {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC from "
+  lines = [f"# Model report: {name}", "", f"Written {_utc(time.time())} from "
            f"`{os.path.abspath(workdir)}`; rewrite it with "
            f"`python scripts/report.py --workdir {workdir}`.", "",
            "## 1. Parameters", "", "The run's `config.json`:", "", "```yaml",
