@@ -2,11 +2,9 @@
 
 The four parts of the SolarNet report, then the downstream results the workdir holds:
   1. parameters    config.json as YAML;
-  2. architecture  parameters per module (the model the config builds, shapes only) and the
-                   total;
-  3. loss curve    every logged step, read from all the run's event files (a resumed run
-                   writes one per start), drawn to plots/loss_curve.png, its numbers in
-                   plots/loss_curve.csv;
+  2. architecture  parameters per module of the model the config builds (shapes only), total;
+  3. loss curve    every logged step, from all the run's event files (a resumed run writes one
+                   per start), drawn to plots/loss_curve.png, its numbers in loss_curve.csv;
   4. metadata      machine, training time, model size, early stopping and the best checkpoint,
                    set sizes, class balance and pixel statistics of the config's data;
   then the linear probe (linear_eval.json), fine-tuning (finetune.md / finetune.json) and the
@@ -54,22 +52,31 @@ def read_events(workdir: str) -> dict:
   from tensorboard.backend.event_processing import event_file_loader
   from tensorboard.util import tensor_util
 
-  files = [list(event_file_loader.EventFileLoader(p).Load())
-           for p in glob.glob(os.path.join(workdir, "events.out.tfevents*"))]
-  files = sorted((f for f in files if f), key=lambda evs: evs[0].wall_time)
-  values, walls, sessions = {}, {}, []
-  for events in files:
-    sessions.append((events[0].wall_time, max(e.wall_time for e in events)))
-    plugin = {}
-    for e in events:
+  # Streamed, file by file: a long run's files hold millions of events; scalars are kept.
+  per_file = []     # (first wall time, last wall time, {tag: {step: (value, wall time)}})
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
+    first, last, plugin, points = None, None, {}, {}
+    for e in event_file_loader.EventFileLoader(path).Load():
+      first = e.wall_time if first is None else first
+      last = e.wall_time if last is None else max(last, e.wall_time)
       for v in e.summary.value:
         plugin.setdefault(v.tag, v.metadata.plugin_data.plugin_name)
         if plugin[v.tag] != "scalars" or not v.HasField("tensor"):
           continue
         x = tensor_util.make_ndarray(v.tensor)
         if x.ndim == 0:
-          values.setdefault(v.tag, {})[int(e.step)] = float(x)
-          walls.setdefault(v.tag, {})[int(e.step)] = float(e.wall_time)
+          points.setdefault(v.tag, {})[int(e.step)] = (float(x), float(e.wall_time))
+    if first is not None:
+      per_file.append((first, last, points))
+  values, walls, sessions = {}, {}, []
+  # Oldest first, later values win. The first event's time is whole seconds: two starts in
+  # one second are ordered by their last event.
+  for first, last, points in sorted(per_file, key=lambda f: (f[0], f[1])):
+    sessions.append((first, last))
+    for tag, steps in points.items():
+      for step, (x, t) in steps.items():
+        values.setdefault(tag, {})[step] = x
+        walls.setdefault(tag, {})[step] = t
   scalars = {t: dict(sorted(s.items())) for t, s in values.items()}
   return {"scalars": scalars, "wall_times": walls, "sessions": sessions}
 
@@ -123,11 +130,7 @@ def module_rows(params, batch_stats=None) -> list[tuple[str, int, int]]:
   def group(path) -> str:
     if path[0] != "encoder" or len(path) < 2:
       return path[0]
-    name = path[1]
-    if "_block" in name:
-      name = name.split("_block")[0]
-    elif name.endswith("_stem"):
-      name = "stem"
+    name = "stem" if "_stem" in path[1] else path[1].split("_block")[0]   # SK: conv_stem1..
     return f"encoder/{name}"
 
   for tree, col in ((params, 0), (batch_stats or {}, 1)):
@@ -137,11 +140,8 @@ def module_rows(params, batch_stats=None) -> list[tuple[str, int, int]]:
       row[col] += int(np.prod(leaf.shape, dtype=np.int64))
       if len(keys) > 2 and "_block" in keys[1]:
         row[2].add(keys[1])
-  rows = []
-  for name, (n_params, n_stats, blocks) in groups.items():
-    label = f"{name} ({len(blocks)} blocks)" if blocks else name
-    rows.append((label, n_params, n_stats))
-  return rows
+  return [(f"{name} ({len(blocks)} blocks)" if blocks else name, n_params, n_stats)
+          for name, (n_params, n_stats, blocks) in groups.items()]
 
 
 def architecture(config) -> dict:
@@ -378,9 +378,9 @@ def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000
   plot = write_curve(workdir, scalars)
   arch = architecture(config)
   name = os.path.basename(os.path.abspath(workdir))
-  lines = [f"# Model report: {name}", "", f"Written {_utc(time.time())} from "
-           f"`{os.path.abspath(workdir)}`; rewrite it with "
-           f"`python scripts/report.py --workdir {workdir}`.", "",
+  lines = [f"# Model report: {name}", "", f"Written {_utc(time.time())} from `"
+           f"{os.path.abspath(workdir)}`; rewrite it with `python scripts/report.py "
+           f"--workdir {workdir}`.", "",
            "## 1. Parameters", "", "The run's `config.json`:", "", "```yaml",
            config_yaml(_load(workdir, "config.json")).rstrip(), "```", "",
            "## 2. Architecture", ""] + _architecture_md(config, arch) + [
