@@ -1,0 +1,44 @@
+"""The pretrained encoder alone, for use elsewhere:
+
+  python scripts/export.py --workdir runs/digits --out exports/digits
+
+Writes OUT/encoder.npz (the encoder's parameters and BatchNorm statistics) and
+OUT/encoder.json (the model fields that rebuild it and the input it expects: image size,
+channels, value range), from the `--checkpoint` of the run (best, else latest; or latest, or
+a step). Read it back with no config file:
+
+  import simclr_jax
+  encoder = simclr_jax.load_encoder("exports/digits")
+  h = encoder(images)        # (N, H, W, C) in encoder.value_range -> (N, encoder.feature_dim)
+"""
+
+import os
+import sys
+
+# Configs import each other as `configs.<name>`: make the repository root importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
+_OUT = flags.DEFINE_string("out", None, "Folder to write the encoder to (created).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "best | latest | a step number.")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not os.path.exists(os.path.join(_WORKDIR.value, "config.json")):
+    raise app.UsageError(f"no {_WORKDIR.value}/config.json: is it the workdir of a "
+                         "pretraining run?")
+  from simclr_jax import export, logs
+  logs.quiet_libraries()
+  out = export.export_encoder(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
+  encoder = export.load_encoder(out)
+  print(f"{out}: {encoder!r} from {encoder.info['checkpoint']} checkpoint, step "
+        f"{encoder.info['checkpoint_step']}", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,40 @@
+"""The model report of a pretraining run: `python scripts/report.py --workdir runs/digits`.
+
+Writes WORKDIR/report.md and WORKDIR/plots/loss_curve.png (+ .csv): the run's parameters as
+YAML, the per-module parameter table, the loss curve over every logged step (all event files,
+resumes included), the metadata (machine, training time, model size, early stopping, best
+checkpoint, set sizes, class balance, pixel statistics) and the probe, fine-tuning and online
+results the workdir holds (simclr_jax/report.py). Pretraining writes it at its end too; run
+this after linear_eval.py or finetune.py to add their results.
+"""
+
+import os
+import sys
+
+# Configs import each other as `configs.<name>`: make the repository root importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
+_DATA_STATS = flags.DEFINE_bool("data_stats", True, "Measure the set sizes, class balance and "
+                                "pixel statistics of the config's data (reads the data).")
+_MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 2000, "Examples the pixel statistics "
+                                     "are measured on (0 = all).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not os.path.exists(os.path.join(_WORKDIR.value, "config.json")):
+    raise app.UsageError(f"no {_WORKDIR.value}/config.json: is it the workdir of a "
+                         "pretraining run?")
+  from simclr_jax import logs, report
+  logs.quiet_libraries()
+  path = report.write_report(_WORKDIR.value, _DATA_STATS.value, _MAX_EXAMPLES.value)
+  print(path, flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,148 @@
+"""The pretrained encoder for use elsewhere: `load_encoder` and the export it also reads.
+
+  encoder = simclr_jax.load_encoder("runs/digits")       # a workdir, or an export folder
+  h = encoder(images)                                    # (N, H, W, C) -> (N, feature_dim)
+
+From a workdir, `load_encoder` reads config.json and a checkpoint (`checkpoint='best'`: the
+best one when the run kept one, else the latest; 'latest'; or a step), through the same
+restore as the probes (monitor.restore_for_eval). `export_encoder` writes the encoder alone
+into a folder: `encoder.npz` (its params and BatchNorm statistics, flat '/'-joined keys, plain
+numpy) and `encoder.json` (the model fields that rebuild it, the input it expects, where it
+came from); `load_encoder(folder)` needs nothing else. The projection head and the optimizer
+state are left out: SimCLR's downstream tasks use h, not z.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from simclr_jax.models import simclr as simclr_model
+
+CONFIG_FILE = "encoder.json"
+WEIGHTS_FILE = "encoder.npz"
+# The model fields that rebuild the encoder (models.simclr.encoder_from_config reads these).
+MODEL_FIELDS = ("backbone", "width_multiplier", "cifar_stem", "dtype", "conv_impl")
+FORMAT_VERSION = 1
+
+
+def single_device_setup(config):
+  """train.build of `config` on one device: the model and the state structure of the run,
+  without its batch having to divide this host's device count (a 256 batch trained on 8
+  devices loads on a 3-device machine too). Nothing is computed or compiled. In a
+  multi-process run every process restores together, on all devices, as the probes do."""
+  from simclr_jax import train    # train imports the data pipeline; only loading needs it
+  config = copy.deepcopy(config)
+  if jax.process_count() == 1:
+    with config.unlocked():
+      config.train.num_devices = 1
+  # The example count only sets the schedule's length, which restoring does not depend on.
+  return train.build(config, 1)
+
+
+class Encoder:
+  """`encoder(images) -> h`: jitted, BatchNorm in inference mode, float32 features.
+
+  images: (N, H, W, C) float in `value_range`, normalised as the run's data source does;
+  `image_size` is the side the encoder was trained at (any side works, the network pools
+  globally, but features are comparable at that size). Large inputs are fed `batch_size`
+  images at a time. `variables` and `module` are the Flax pieces for code that wants them.
+  """
+
+  def __init__(self, module, variables, info: dict[str, Any]):
+    self.module, self.variables, self.info = module, variables, info
+    self.image_size = int(info["image_size"])
+    self.channels = int(info["channels"])
+    self.value_range = tuple(info["value_range"]) if info.get("value_range") else None
+    self._apply = jax.jit(lambda v, x: module.apply(v, x, train=False).astype(jnp.float32))
+    dummy = jax.ShapeDtypeStruct((1, self.image_size, self.image_size, self.channels),
+                                 jnp.float32)
+    self.feature_dim = int(jax.eval_shape(self._apply, variables, dummy).shape[-1])
+
+  def __call__(self, images, batch_size: int = 256) -> np.ndarray:
+    x = np.asarray(images, np.float32)
+    if x.ndim != 4 or x.shape[-1] != self.channels:
+      raise ValueError(f"expected images (N, H, W, {self.channels}), got shape {x.shape}")
+    out = [np.asarray(self._apply(self.variables, x[i:i + batch_size]))
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+
+  def __repr__(self) -> str:
+    return (f"Encoder({self.info['backbone']} x{self.info['width_multiplier']}, "
+            f"{self.image_size}x{self.image_size}x{self.channels} -> {self.feature_dim})")
+
+
+def _model_config(info: dict) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({k: info[k] for k in MODEL_FIELDS})
+
+
+def _info(config, source: dict) -> dict:
+  m, d = config.model, config.data
+  info = {k: m.get(k, "xla") if k == "conv_impl" else m[k] for k in MODEL_FIELDS}
+  info.update(image_size=int(d.image_size), channels=int(d.channels),
+              value_range=list(d.value_range) if d.get("value_range") else None,
+              data_source=d.source, format_version=FORMAT_VERSION, **source)
+  return info
+
+
+def _from_workdir(workdir: str, which) -> Encoder:
+  from simclr_jax import evaluate, monitor
+  config = evaluate.load_config(workdir)
+  setup = single_device_setup(config)
+  state, step, kind = monitor.restore_for_eval(workdir, which,
+                                               monitor.abstract_state(setup, config.seed))
+  variables = {"params": state.params["encoder"],
+               "batch_stats": state.batch_stats.get("encoder", {})}
+  info = _info(config, {"workdir": os.path.abspath(workdir), "checkpoint": kind,
+                        "checkpoint_step": step})
+  return Encoder(simclr_model.encoder_from_config(config.model), variables, info)
+
+
+def _from_export(path: str) -> Encoder:
+  with open(os.path.join(path, CONFIG_FILE)) as f:
+    info = json.load(f)
+  if info.get("format_version", 1) > FORMAT_VERSION:
+    raise ValueError(f"{path}: export format {info['format_version']} is newer than this "
+                     f"simclr_jax reads ({FORMAT_VERSION})")
+  with np.load(os.path.join(path, WEIGHTS_FILE)) as npz:
+    flat = {tuple(k.split("/")): jnp.asarray(npz[k]) for k in npz.files}
+  variables = traverse_util.unflatten_dict(flat)
+  variables.setdefault("batch_stats", {})
+  return Encoder(simclr_model.encoder_from_config(_model_config(info)), variables, info)
+
+
+def load_encoder(workdir_or_export: str, checkpoint="best") -> Encoder:
+  """The encoder of a pretraining workdir (its `checkpoint`: 'best', 'latest' or a step) or
+  of an `export_encoder` folder, as a callable images -> h (see `Encoder`)."""
+  path = os.fspath(workdir_or_export)
+  if os.path.exists(os.path.join(path, CONFIG_FILE)):
+    return _from_export(path)
+  if os.path.exists(os.path.join(path, "config.json")):
+    return _from_workdir(path, checkpoint)
+  raise FileNotFoundError(f"{path!r} holds neither an exported encoder ({CONFIG_FILE}) nor a "
+                          "pretraining run (config.json)")
+
+
+def export_encoder(workdir: str, out: str, checkpoint="best") -> str:
+  """Writes the encoder of `workdir`'s `checkpoint` to the folder `out`; returns `out`."""
+  encoder = _from_workdir(workdir, checkpoint)
+  os.makedirs(out, exist_ok=True)
+  if any("/" in k for path in traverse_util.flatten_dict(encoder.variables) for k in path):
+    raise ValueError("a variable name holds '/', the export's key separator")
+  flat = traverse_util.flatten_dict(jax.device_get(encoder.variables), sep="/")
+  # Arrays as saved (float32 parameters), so the export computes the same features bitwise.
+  np.savez(os.path.join(out, WEIGHTS_FILE), **{k: np.asarray(v) for k, v in flat.items()})
+  info = dict(encoder.info, feature_dim=encoder.feature_dim,
+              parameters=int(sum(np.size(v) for v in
+                                 jax.tree.leaves(encoder.variables["params"]))))
+  with open(os.path.join(out, CONFIG_FILE), "w") as f:
+    json.dump(info, f, indent=2)
+  return out
