@@ -331,7 +331,12 @@ def check_data(config, purpose: str):
   if getattr(source, "resize_to", None) and native is not None:
     logging.info("%s: %dx%d images, resized to %dx%d as they are read", where,
                  native.shape[1], native.shape[2], d.image_size, d.image_size)
-  labels = np.asarray(getattr(source, "labels", np.full(1, -1)))
+  # Every label when they are in memory or the run reads them anyway (tfds computes them by
+  # decoding every record); else the first example's.
+  in_memory = "labels" in vars(source) if hasattr(source, "__dict__") else False
+  need_labels = in_memory or purpose != "pretrain" or config.eval.every_epochs
+  labels = np.asarray(source.labels if need_labels and hasattr(source, "labels")
+                      else first.get("label", -1)).reshape(-1)
   multi_hot = getattr(source, "multi_hot", None) is not None
   if d.num_classes and not multi_hot and labels.size and labels.max() >= d.num_classes:
     fail("data.num_classes", d.num_classes, f">= {int(labels.max()) + 1}: {where} has labels up "
