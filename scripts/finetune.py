@@ -15,15 +15,13 @@ import sys
 # Configs import each other as `configs.<name>`: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app
-
 import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
 
 _WORKDIR, _CONFIG = workdir_flags.define()
 
 
 def main(argv):
-  workdir_flags.start(argv, _WORKDIR.value)
+  workdir_flags.start(argv, _WORKDIR.value, _CONFIG.value, "finetune")
   from simclr_jax import finetune, metrics
   report = finetune.finetune(_WORKDIR.value, _CONFIG.value)
   for r in report["results"]:
@@ -31,5 +29,10 @@ def main(argv):
           f"/{r['epochs_run']}  {metrics.headline(r['metrics'])}", flush=True)
 
 
+def run_cli(argv) -> int:
+  """`main` for this argv in this process; returns the exit code."""
+  return workdir_flags.run(main, argv)
+
+
 if __name__ == "__main__":  # the guard grain's worker processes need
-  app.run(main)
+  workdir_flags.app_run(main)

@@ -1,7 +1,10 @@
 """SimCLR pretraining: `python scripts/pretrain.py --config configs/digits.py --workdir runs/digits`.
 
 Runs on every device the machine has (on a CPU-only host, one emulated device per core).
-Starting again with the same --workdir resumes from its latest checkpoint.
+Starting again with the same --workdir resumes from its latest checkpoint, if the config is
+compatible with the one saved there (README.md § Resuming, preemption and errors).
+A config that cannot run is refused before anything compiles or writes: `error: ...` on
+stderr, exit code 2 (`--verbose`: with its traceback and the config).
 """
 
 import os
@@ -10,10 +13,11 @@ import sys
 # Configs import each other as `configs.<name>`: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from simclr_jax import distributed, logs, parallel
+import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
+from simclr_jax import distributed, logs, parallel, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, events, reports.")
@@ -22,14 +26,23 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  workdir_flags.no_extra_args(argv)
   logs.quiet_libraries()
   config = _CONFIG.value
+  if workdir_flags.verbose():
+    logging.info("config:\n%s", config)
+  validate.check_fields(config)           # before the distributed start reads its fields
   parallel.use_all_cpu_cores()
-  distributed.initialize_distributed(config)
+  try:
+    distributed.initialize_distributed(config)
+  except ValueError as e:
+    raise validate.ConfigError(validate.one_line(e)) from None
+  validate.check(config, "pretrain")
+  if _EVAL.value:                         # the probe's needs too, before hours of training
+    validate.check(config, "linear_eval")
   from simclr_jax import train  # after the device setup: importing is fine, computing is not
-  logging.info("config:\n%s", config)
+  if not workdir_flags.verbose():
+    logging.info("config:\n%s", config)
   train.pretrain(config, _WORKDIR.value)
   if _EVAL.value:
     from simclr_jax import evaluate
@@ -37,5 +50,10 @@ def main(argv):
     evaluate.print_report(report)
 
 
+def run_cli(argv) -> int:
+  """`main` for this argv (argv[0] the program name) in this process; returns the exit code."""
+  return workdir_flags.run(main, argv)
+
+
 if __name__ == "__main__":  # grain's worker processes are spawned and re-import this file
-  app.run(main)
+  workdir_flags.app_run(main)

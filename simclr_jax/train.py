@@ -23,7 +23,7 @@ from clu import metric_writers
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import augment, checkpoint, losses, monitor, optim, parallel
+from simclr_jax import augment, checkpoint, losses, monitor, optim, parallel, resume
 from simclr_jax.data import pipeline, sources
 from simclr_jax.models import simclr as simclr_model
 
@@ -178,13 +178,10 @@ def _average(history: list[dict]) -> dict[str, float]:
 
 def pretrain(config, workdir: str) -> dict[str, float]:
   """Runs (or resumes) SimCLR pretraining in `workdir`; returns the last logged metrics."""
-  os.makedirs(workdir, exist_ok=True)
+  # The config checked (and on a resume against the workdir's config.json) before anything
+  # compiles or writes; then the workdir and its config.json (simclr_jax/resume.py).
+  source = resume.start_run(config, workdir)
   is_chief = jax.process_index() == 0
-  if is_chief:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-  source = sources.make_source(config.data, config.data.train_split)
   setup = build(config, len(source))
   dataset = pipeline.pretrain_dataset(
       source, global_batch_size=config.train.batch_size, seed=config.seed,
