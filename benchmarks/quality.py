@@ -167,7 +167,7 @@ def main(argv=None):
   p.add_argument("--test-examples", type=int, default=10_000)
   p.add_argument("--batch", type=int, default=256)
   p.add_argument("--lr", type=float, default=1e-3)
-  p.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
+  p.add_argument("--width", type=float, default=0.25, help="ResNet-18 width multiplier")
   p.add_argument("--workers", type=int, default=0, help="grain worker processes")
   p.add_argument("--probe", default="logistic_jax", choices=("logistic", "logistic_jax"))
   p.add_argument("--log-every", type=int, default=10)

@@ -1,5 +1,7 @@
 """SimCLR pretraining: `python scripts/pretrain.py --config configs/digits.py --workdir runs/digits`.
 
+Without --workdir the run goes to runs/<config name>-<YYYYmmdd-HHMMSS>, printed at the start.
+
 Runs on every device the machine has (on a CPU-only host, one emulated device per core).
 Starting again with the same --workdir resumes from its latest checkpoint, if the config is
 compatible with the one saved there (README.md § Resuming, preemption and errors).
@@ -20,9 +22,23 @@ import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.
 from simclr_jax import distributed, logs, parallel, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, events, reports.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, events, reports "
+                                "(default runs/<config name>-<YYYYmmdd-HHMMSS>).")
 _EVAL = flags.DEFINE_bool("linear_eval", False, "Run the linear probe after pretraining.")
-flags.mark_flags_as_required(["workdir"])
+
+
+def default_workdir() -> str:
+  """runs/<config file name>[-<variant>]-<YYYYmmdd-HHMMSS>, the time of process 0's start (one
+  name for every process of a multi-host run)."""
+  import time
+
+  import numpy as np
+  from jax.experimental import multihost_utils
+  spec = flags.FLAGS["config"].serialize().split("=", 1)[-1]      # configs/x.py[:variant]
+  path, _, variant = spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0] + (f"-{variant}" if variant else "")
+  stamp = int(multihost_utils.broadcast_one_to_all(np.int64(time.time())))
+  return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}")
 
 
 def main(argv):
@@ -43,10 +59,12 @@ def main(argv):
   from simclr_jax import train  # after the device setup: importing is fine, computing is not
   if not workdir_flags.verbose():
     logging.info("config:\n%s", config)
-  train.pretrain(config, _WORKDIR.value)
+  workdir = _WORKDIR.value or default_workdir()
+  print(f"workdir: {workdir}", flush=True)
+  train.pretrain(config, workdir)
   if _EVAL.value:
     from simclr_jax import evaluate
-    report = evaluate.linear_eval(_WORKDIR.value, config)
+    report = evaluate.linear_eval(workdir, config)
     evaluate.print_report(report)
 
 

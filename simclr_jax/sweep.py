@@ -149,9 +149,17 @@ def commands(config: str, workdir: str, point: Point, metric: str,
                      f"--workdir={workdir}", *eval_extra]]
 
 
+def _subprocess(cmd: list[str]) -> int:
+  return subprocess.run(cmd, cwd=os.getcwd()).returncode
+
+
 def run(config: str, sweep_dir: str, points: list[Point], metric: str,
-        extra: Sequence[str] = (), eval_extra: Sequence[str] = (), log=print) -> list[dict]:
-  """Runs every unfinished point; returns one row per point (score None if it failed)."""
+        extra: Sequence[str] = (), eval_extra: Sequence[str] = (), log=print,
+        runner=_subprocess) -> list[dict]:
+  """Runs every unfinished point; returns one row per point (score None if it failed).
+
+  `runner(cmd) -> exit code` runs one command (default: a new process).
+  """
   check_metric(metric)
   os.makedirs(sweep_dir, exist_ok=True)
   rows = []
@@ -162,9 +170,9 @@ def run(config: str, sweep_dir: str, points: list[Point], metric: str,
     if value is None:
       for cmd in commands(config, workdir, point, metric, extra, eval_extra):
         log(f"[{i + 1}/{len(points)}] {point.name}: python " + " ".join(cmd[1:]))
-        proc = subprocess.run(cmd, cwd=os.getcwd())
-        if proc.returncode != 0:
-          status = f"failed (exit {proc.returncode}): {os.path.basename(cmd[1])}"
+        code = runner(cmd)
+        if code != 0:
+          status = f"failed (exit {code}): {os.path.basename(cmd[1])}"
           break
       else:
         status = "ran"

@@ -59,3 +59,18 @@ def run_python(args, timeout: float = 600, **env) -> subprocess.CompletedProcess
   """
   return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=child_env(**env),
                         capture_output=True, text=True, timeout=timeout)
+
+
+def script(name: str):
+  """scripts/<name>.py imported once per test process (its absl flags can be defined once),
+  for its `run_cli(argv)`: the script's own entry point, in this process."""
+  import importlib.util
+  key = f"{name}_script"
+  if key not in sys.modules:
+    if os.path.join(ROOT, "scripts") not in sys.path:
+      sys.path.insert(0, os.path.join(ROOT, "scripts"))     # the scripts import workdir_flags
+    spec = importlib.util.spec_from_file_location(key, os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+  return sys.modules[key]

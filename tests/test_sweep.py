@@ -8,7 +8,7 @@ import os
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the parser the overrides go through)
 
-from helpers import ROOT, run_python
+from helpers import ROOT, run_python, script
 from simclr_jax import augment, sweep
 from simclr_jax.augment import registry
 
@@ -54,32 +54,73 @@ def test_pairs_enable_exactly_the_two_ops_in_both_views():
     sweep.pair_points(["sharpen"], "simclr")
 
 
-def test_sweep_runs_each_point_once_and_tabulates_the_points_own_scores(tmp_path):
-  """Two points, one of which cannot start (an unknown optimizer): the good one runs once and
-  is skipped on the re-run, the bad one is reported failed, and the sweep goes on."""
+def _in_process(calls):
+  """A runner that runs scripts/pretrain.py's own entry point in this process (no process
+  start-up per point; the commands are the ones a sweep would start as processes)."""
+  pretrain = script("pretrain")
+
+  def runner(cmd):
+    assert os.path.basename(cmd[1]) == "pretrain.py"
+    calls.append(cmd)
+    return pretrain.run_cli(cmd[1:])
+  return runner
+
+
+@pytest.fixture
+def compile_cache(tmp_path):
+  """JAX's persistent compilation cache for one test: the grid below varies the probe only, so
+  every point after the first compiles nothing (the sweep's mechanics are under test here, a
+  few seconds a point instead of half a minute)."""
+  import jax
+  before = (jax.config.jax_compilation_cache_dir,
+            jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", before[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def test_two_by_two_sweep_writes_four_workdirs_with_their_own_scores_and_reruns_nothing(
+    tmp_path, compile_cache):
+  sweep_dir = str(tmp_path / "sweep")
+  axes = sweep.parse_grid(["eval.select_by=log_loss,accuracy", "eval.c_grid=(0.1,1.0),(0.3,3.0)"])
+  points = sweep.grid_points(axes)
+  extra = ["--config.train.num_devices=1", "--config.train.batch_size=16",
+           "--config.eval.baselines=()"]
+  calls = []
+  rows = sweep.run(os.path.join(ROOT, "configs", "digits.py:tiny"), sweep_dir, points,
+                   "probe:accuracy", extra, runner=_in_process(calls))
+  assert len(calls) == 4 and [r["status"] for r in rows] == ["ran"] * 4
+  paths = sweep.write_tables(sweep_dir, rows, "probe:accuracy", [f for f, _ in axes])
+  assert sorted(os.listdir(sweep_dir)) == sorted(
+      [p.name for p in points] + ["sweep.csv", "sweep.md", "sweep.png"])
+  with open(paths["csv"]) as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 4
+  for point, r in zip(points, table):
+    workdir = os.path.join(sweep_dir, r["workdir"])
+    saved = json.load(open(os.path.join(workdir, "config.json")))
+    assert saved["eval"]["select_by"] == point.labels[0]
+    assert tuple(saved["eval"]["c_grid"]) == eval(point.labels[1])  # noqa: S307
+    with open(os.path.join(workdir, "linear_eval.json")) as f:
+      (probe,) = [x for x in json.load(f)["results"] if x["features"] == "pretrained"]
+    assert float(r["probe:accuracy"]) == pytest.approx(probe["metrics"]["accuracy"])
+    assert probe["C"] in eval(point.labels[1])  # noqa: S307
+  assert open(paths["png"], "rb").read().startswith(b"\x89PNG")
+  again = sweep.run(os.path.join(ROOT, "configs", "digits.py:tiny"), sweep_dir, points,
+                    "probe:accuracy", extra, runner=_in_process(calls))
+  assert len(calls) == 4 and [r["status"] for r in again] == ["done before"] * 4
+
+
+def test_sweep_cli_reports_a_point_that_cannot_start_and_exits_1(tmp_path):
   sweep_dir = tmp_path / "sweep"
-  argv = ["scripts/sweep.py", "--config=configs/digits.py:tiny", "--grid",
-          "optim.name=adam,nosuch", "--metric=probe:accuracy", f"--sweep_dir={sweep_dir}",
-          "--config.eval.baselines=()"]
-  first = run_python(argv, timeout=600)
-  assert first.returncode == 1, first.stderr[-3000:]     # 1: not every point has a score
-  assert first.stdout.count("(ran)") == 1
-  assert "name=nosuch: probe:accuracy = None (failed (exit" in first.stdout
-  again = run_python(argv, timeout=300)
-  assert again.stdout.count("(done before)") == 1 and again.stdout.count("(failed") == 1
-  with open(sweep_dir / "sweep.csv") as f:
-    rows = list(csv.DictReader(f))
-  assert [(r["optim.name"], r["probe:accuracy"] == "") for r in rows] == [("adam", False),
-                                                                           ("nosuch", True)]
-  good = sweep_dir / rows[0]["workdir"]
-  with open(good / "linear_eval.json") as f:
-    (probe,) = [x for x in json.load(f)["results"] if x["features"] == "pretrained"]
-  assert json.load(open(good / "config.json"))["optim"]["name"] == "adam"
-  assert float(rows[0]["probe:accuracy"]) == pytest.approx(probe["metrics"]["accuracy"])
-  assert probe["test_accuracy"] == pytest.approx(probe["metrics"]["accuracy"])
-  table = (sweep_dir / "sweep.md").read_text()
-  assert "| optim.name | probe:accuracy |" in table and "| nosuch | failed |" in table
-  assert (sweep_dir / "sweep.png").read_bytes().startswith(b"\x89PNG")
+  proc = run_python(["scripts/sweep.py", "--config=configs/digits.py:tiny", "--grid",
+                     "optim.name=nosuch", "--metric=probe:accuracy", f"--sweep_dir={sweep_dir}"],
+                    timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "name=nosuch: probe:accuracy = None (failed (exit 2): pretrain.py)" in proc.stdout
+  assert "| nosuch | failed |" in (sweep_dir / "sweep.md").read_text()
 
 
 def test_bad_sweep_arguments_exit_2_with_one_line():

@@ -15,22 +15,14 @@ import numpy as np
 import pytest
 
 from configs import default, digits
-from helpers import ROOT, run_python
+from helpers import ROOT, run_python, script
 from simclr_jax import resume, train, validate
 
 CONFIG = os.path.join(ROOT, "configs", "digits.py") + ":tiny"
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
-def _script(name):
-  spec = importlib.util.spec_from_file_location(f"{name}_script",
-                                                os.path.join(ROOT, "scripts", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-pretrain_script = _script("pretrain")
+pretrain_script = script("pretrain")
 
 
 def _cli(capsys, workdir, *overrides):
