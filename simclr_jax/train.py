@@ -34,7 +34,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from etils import epath
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
@@ -326,6 +325,9 @@ def pretrain(config, workdir: str) -> dict[str, float]:
                config.model.backbone, n_params, setup.mesh.devices.size,
                config.train.batch_size, setup.total_steps, setup.steps_per_epoch)
   train_step = make_train_step(setup, augment_key)
+  # Imported here: clu's writers import TensorFlow (5 s), which importing this module (e.g. for
+  # TrainState, `build` or `Preempted`) need not pay.
+  from clu import metric_writers
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
   if start == 0 and is_chief:
     writer.write_images(0, {"augment/views": views_grid(config, source, augment_key)[None]})

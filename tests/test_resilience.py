@@ -244,12 +244,72 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(runs):
                             jax_leaves(states[skipped]["params"])[0])
 
 
+def test_a_second_signal_exits_at_once():
+  """The first SIGINT only asks to stop (the loop would save and exit 0); a second signal, here
+  a SIGTERM during a long sleep, ends the process at once by the signal's default action."""
+  proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "signals"], cwd=ROOT,
+                          env=child_env(), stdout=subprocess.PIPE, text=True)
+  try:
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGINT)
+    assert proc.stdout.readline().strip() == f"stop requested by {int(signal.SIGINT)}"
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(30)
+    assert rc == -signal.SIGTERM and time.time() - t0 < 10, rc
+    assert proc.stdout.read() == ""                 # nothing after the sleep ran
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+
+
+def test_max_bad_steps_0_stops_at_the_first_non_finite_flag():
+  from configs import default
+  from simclr_jax import train
+
+  class Checkpoints:
+    directory = "/nowhere/checkpoints"
+
+    def latest_step(self):
+      return 8
+
+  assert default.get_config().train.max_bad_steps == 0
+  check = train._FiniteCheck(0, Checkpoints())
+  check.add(8, {"finite": np.bool_(True), "loss": np.float32(4.1), "l2_grads": np.float32(2.0)})
+  check()                                           # finite: nothing happens
+  check.add(9, {"finite": np.bool_(True), "loss": np.float32(4.0), "l2_grads": np.float32(2.0)})
+  check.add(10, {"finite": np.bool_(False), "loss": np.float32(np.inf),
+                 "l2_grads": np.float32(np.nan)})
+  with pytest.raises(FloatingPointError, match=r"non-finite loss at step 10 \(loss inf.*"
+                     r"no state from step 10 on was saved; the last checkpoint is step 8"):
+    check()
+  with pytest.raises(ValueError, match="train.max_bad_steps=-1"):
+    train._FiniteCheck(-1, Checkpoints())
+
+
+def _signals_child():
+  from simclr_jax import train
+  before = {s: signal.getsignal(s) for s in train._StopSignals.SIGNALS}
+  with train._StopSignals():
+    pass
+  assert {s: signal.getsignal(s) for s in before} == before     # put back on exit
+  with train._StopSignals() as signals:
+    print("ready", flush=True)
+    while signals.signum is None:
+      time.sleep(0.01)
+    print(f"stop requested by {signals.signum}", flush=True)
+    time.sleep(60)
+    print("the sleep ended", flush=True)
+
+
 def jax_leaves(tree):
   import jax
   return jax.tree.leaves(tree)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1] == "signals":
+  _signals_child()
+elif __name__ == "__main__":
   # The NaN run: python tests/test_resilience.py STEP[,STEP...] <scripts/pretrain.py flags>
   import runpy
   nan_at = {int(s) for s in sys.argv[1].split(",")}
