@@ -4,9 +4,12 @@ the README promises to survive, each checked against an uninterrupted run of the
 and injected NaN pixels. Everything is read back from the workdirs (orbax checkpoints, event
 files), nothing from the code under test.
 
-The runs share one module fixture and go in two waves of concurrent children (the reference,
-the killed, the signalled and the NaN runs; then the restarts), with a shared persistent XLA
-compilation cache, so that the restarts pay no compile.
+The runs share one module fixture and a persistent XLA compilation cache: the reference runs
+first and compiles; the killed, the signalled and the NaN runs then start side by side and
+find its executables in the cache, and each restart starts as soon as its run has ended. Six
+processes, one compile. The signalled run's restart doubles as the truncated-checkpoint case
+(its last checkpoint, the one the SIGTERM saved, is truncated first), while the killed run's
+restart sees exactly what the SIGKILL left.
 
 The NaN run is this file executed as a script (see `__main__`): it wraps
 `train._device_batch` to turn every pixel of chosen batches into NaN, then runs
