@@ -33,7 +33,7 @@ import pytest
 
 from helpers import ROOT, child_env
 
-STEPS = 5                     # steps of every run (the LR schedule depends on the total)
+STEPS = 6                     # steps of every run (the LR schedule depends on the total)
 NAN_STEPS = (2, 4)            # batches turned to NaN in the NaN run, which skips 1 at most
 SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
 
@@ -122,7 +122,9 @@ def runs(tmp_path_factory):
   env = child_env(JAX_COMPILATION_CACHE_DIR=os.path.join(tmp, "xla_cache"))
   wd = {n: os.path.join(tmp, n) for n in ("straight", "killed", "signalled", "nan")}
   rng = random.Random()
-  kill_after, kill_delay = rng.randint(1, STEPS - 2), rng.uniform(0.0, 0.3)
+  # A checkpoint appears a step or two after its step ran (orbax saves in the background):
+  # kill early enough that the run cannot have ended.
+  kill_after, kill_delay = rng.randint(1, STEPS - 3), rng.uniform(0.0, 0.2)
   out = {"kill_after": kill_after, "kill_delay": kill_delay, "workdirs": wd}
 
   def finish(*runs_):
@@ -159,6 +161,12 @@ def runs(tmp_path_factory):
   with open(biggest, "r+b") as f:
     f.truncate(os.path.getsize(biggest) // 2)
   out["signalled"]["truncated"] = biggest
+  # And a save killed midway, as orbax leaves it: a tmp directory holding part of a step.
+  tmp_dir = os.path.join(wd["signalled"], "checkpoints",
+                         f"{reached + 1}.orbax-checkpoint-tmp-1796140000000000")
+  shutil.copytree(os.path.join(wd["signalled"], "checkpoints", str(reached - 1), "state"),
+                  os.path.join(tmp_dir, "state"), ignore=shutil.ignore_patterns("d", "ocdbt*"))
+  out["signalled"]["tmp_dir"] = tmp_dir
   signalled_again = _Run("signalled_again", tmp, _flags(wd["signalled"]), env)
 
   finish(straight, nan, killed_again, signalled_again)
@@ -169,7 +177,7 @@ def runs(tmp_path_factory):
 def test_sigkill_at_a_random_step_then_restart_is_bitwise_identical(runs):
   wd, k = runs["workdirs"], runs["kill_after"]
   where = f"(killed {runs['kill_delay']:.2f} s after checkpoint {k} appeared)"
-  assert runs["killed"]["rc"] == -signal.SIGKILL, where
+  assert runs["killed"]["rc"] == -signal.SIGKILL, (where, runs["killed"]["output"][-2000:])
   assert k in runs["killed"]["steps"] and max(runs["killed"]["steps"]) < STEPS, (
       where, runs["killed"]["steps"])
   again = runs["killed_again"]
@@ -201,7 +209,8 @@ def test_sigterm_saves_the_step_reached_and_exits_0(runs):
 
 
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(runs):
-  # The signalled run's last checkpoint (step `reached`) had a file truncated before its restart.
+  # The signalled run's last checkpoint (step `reached`) had a file truncated before its restart,
+  # and an unfinished save of the next step was left beside it.
   wd, sig, again = runs["workdirs"], runs["signalled"], runs["signalled_again"]
   reached = max(sig["steps"])
   assert again["rc"] == 0, again["output"][-3000:]
@@ -209,6 +218,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(runs):
   assert f"checkpoint step {reached} in" in out and "does not restore" in out, out[-3000:]
   assert f"Resuming from {os.path.join(wd['signalled'], 'checkpoints')} at step " \
       f"{reached - 1}" in out
+  assert not os.path.exists(sig["tmp_dir"])                  # the unfinished save, cleaned up
   # The bad step is kept aside, not deleted, and a good one of that number replaced it.
   aside = os.path.join(wd["signalled"], "checkpoints_corrupt", str(reached))
   assert os.path.isfile(sig["truncated"].replace(
