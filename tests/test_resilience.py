@@ -124,7 +124,7 @@ def runs(tmp_path_factory):
   rng = random.Random()
   # A checkpoint appears a step or two after its step ran (orbax saves in the background):
   # kill early enough that the run cannot have ended.
-  kill_after, kill_delay = rng.randint(1, STEPS - 3), rng.uniform(0.0, 0.2)
+  kill_after, kill_delay = rng.randint(1, STEPS - 4), rng.uniform(0.0, 0.2)
   out = {"kill_after": kill_after, "kill_delay": kill_delay, "workdirs": wd}
 
   def finish(*runs_):
