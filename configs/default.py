@@ -107,6 +107,10 @@ def get_config(arg=None):
   c.train.log_every = 10
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3
+  # A step whose loss or gradient is not finite is never applied (the state stays as it was).
+  # 0: the run stops there with a FloatingPointError naming the step; N > 0: up to N such steps
+  # (in one process's run) are skipped with a warning, the next one stops the run.
+  c.train.max_bad_steps = 0
   # Early stopping on a metric of the evaluation during pretraining (eval.every_epochs > 0):
   # stop once `patience` evaluations in a row brought no improvement by more than min_delta.
   # The best checkpoint by the same metric is kept in workdir/checkpoints_best.

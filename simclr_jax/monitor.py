@@ -11,7 +11,6 @@ earlier evaluation, and orbax keeps one, by the monitored metric (`best_fn`).
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from simclr_jax import checkpoint, parallel
 from simclr_jax.data import pipeline, sources
@@ -118,7 +118,7 @@ def make_best_manager(workdir: str, metric: str, mode: str) -> ocp.CheckpointMan
     raise ValueError(f"train.monitor_mode={mode!r}; expected 'max' or 'min'")
   options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: float(m[metric]),
                                          best_mode=mode, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, BEST_DIR)),
+  return ocp.CheckpointManager(checkpoint.workdir_path(workdir) / BEST_DIR,
                                options=options, item_names=("state",))
 
 
@@ -145,8 +145,8 @@ def abstract_state(setup, seed: int):
                       jax.eval_shape(_init, rng, dummy))
 
 
-def _has_steps(path: str) -> bool:
-  return os.path.isdir(path) and any(d.isdigit() for d in os.listdir(path))
+def _has_steps(path: epath.Path) -> bool:
+  return path.is_dir() and any(d.name.isdigit() for d in path.iterdir())
 
 
 def restore_for_eval(workdir: str, which, template):
@@ -156,9 +156,9 @@ def restore_for_eval(workdir: str, which, template):
   monitored metric); 'latest' is the last saved step; an integer (or digits) is that step.
   """
   which = str(which).strip()
-  best_dir = os.path.join(workdir, BEST_DIR)
+  best_dir = checkpoint.workdir_path(workdir) / BEST_DIR
   if which == "best" and _has_steps(best_dir):
-    manager = ocp.CheckpointManager(os.path.abspath(best_dir), item_names=("state",))
+    manager = ocp.CheckpointManager(best_dir, item_names=("state",))
     kind = "best"
   elif which in ("best", "latest") or which.isdigit():
     if which == "best":
@@ -320,12 +320,11 @@ class PretrainMonitor:
     """Replays monitor.json up to step `start`; returns whether the run had stopped there."""
     if not self.every:
       return False
-    path = os.path.join(self.workdir, HISTORY)
-    if os.path.exists(path):
-      with open(path) as f:
-        for entry in json.load(f)["history"]:
-          if entry["step"] <= start:
-            self._record(entry)
+    path = epath.Path(self.workdir) / HISTORY
+    if path.exists():
+      for entry in json.loads(path.read_text())["history"]:
+        if entry["step"] <= start:
+          self._record(entry)
     for step in self.best_manager.all_steps():
       if step > start:
         self.best_manager.delete(step)
@@ -354,10 +353,10 @@ class PretrainMonitor:
     report = {"monitor": self.metric, "mode": self.mode, "patience": self.patience,
               "best_step": best["step"], "best": best[self.metric], "stopped": self.stopped,
               "history": self.history}
-    path = os.path.join(self.workdir, HISTORY)
-    with open(path + ".tmp", "w") as f:       # replaced whole: a crash leaves the last one
-      json.dump(report, f, indent=2)
-    os.replace(path + ".tmp", path)
+    path = epath.Path(self.workdir) / HISTORY
+    tmp = path.with_name(HISTORY + ".tmp")   # replaced whole: a crash leaves the last one
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(path)
 
   def close(self) -> None:
     if self.every:

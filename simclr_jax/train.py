@@ -3,6 +3,19 @@
 Where a run starts, decided in one place (`pretrain`): from the latest checkpoint in the
 workdir when there is one (resume is the default), else from scratch with `config.seed`.
 Evaluation during the run, the best checkpoint and early stopping: simclr_jax/monitor.py.
+
+Resilience (README.md § "Resuming, preemption and errors"):
+- numerics: the step applies no update whose loss or gradient is non-finite (it keeps the
+  previous params, optimizer state and BatchNorm statistics) and reports a flag; the loop
+  reads the flags before every log, evaluation and checkpoint save, and stops with a
+  FloatingPointError naming the step (or, with `train.max_bad_steps` > 0, skips up to that
+  many such steps). A non-finite state is never computed, let alone saved.
+- preemption: SIGTERM or SIGINT finishes the step in flight, saves a checkpoint of it, flushes
+  the writers and raises `Preempted` (a SystemExit with code 0); a second signal kills the
+  process at once (the signal's default action).
+- resume: from the newest checkpoint that restores (simclr_jax/checkpoint.py:
+  `restore_latest`); the event file is flushed before every save, so a killed run loses no
+  logged step its checkpoints cover.
 """
 
 from __future__ import annotations
@@ -10,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -19,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
+from etils import epath
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
@@ -72,8 +87,12 @@ def init_state(setup: Setup, rng) -> TrainState:
 
   def _init(rng):
     variables = setup.model.init({"params": rng, "dropout": rng}, dummy, train=False)
-    return TrainState.create(apply_fn=setup.model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}), tx=setup.tx)
+    state = TrainState.create(apply_fn=setup.model.apply, params=variables["params"],
+                              batch_stats=variables.get("batch_stats", {}), tx=setup.tx)
+    # A strong int32 step, as a restored checkpoint has (create's 0 is weakly typed): a resumed
+    # run then runs the very executable a fresh one compiled (the same bits, and a compilation
+    # cache hit), not one traced for another step type.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
   # Non-partitionable threefry: the same kind of key, ~3x less XLA compile time for init on
   # CPU (tens of seconds for a ResNet); init's outputs are replicated, so nothing is lost.
@@ -137,11 +156,21 @@ def make_train_step(setup: Setup, augment_key):
         state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              batch_stats=batch_stats)
+    l2_grads = optax.tree.norm(grads)
+    # A non-finite loss or gradient leaves params, optimizer state and BatchNorm statistics as
+    # they were (the step count still advances: it counts the batches consumed, which the data
+    # iterator and the dropout keys follow). `finite` tells the host, which reads it only when
+    # it syncs anyway (logs, checkpoints). Not optax.apply_if_finite: it wraps the optimizer
+    # state (the checkpoints of existing runs would no longer restore) and guards neither the
+    # BatchNorm statistics nor the loss.
+    finite = jnp.isfinite(loss) & jnp.isfinite(l2_grads)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state),
+                              batch_stats=keep(batch_stats, state.batch_stats))
     metrics = dict(metrics, loss=loss, learning_rate=setup.schedule(state.step),
-                   l2_grads=optax.tree.norm(grads), l2_params=optax.tree.norm(params),
-                   l2_updates=optax.tree.norm(updates))
+                   l2_grads=l2_grads, l2_params=optax.tree.norm(new_state.params),
+                   l2_updates=optax.tree.norm(updates), finite=finite)
     return new_state, metrics
 
   rep = parallel.replicated(mesh)
@@ -176,6 +205,86 @@ def _average(history: list[dict]) -> dict[str, float]:
   return {k: float(np.mean([h[k] for h in host])) for k in host[0]}
 
 
+class Preempted(SystemExit):
+  """Raised by `pretrain` after a SIGTERM/SIGINT, once the checkpoint of the step reached is
+  saved: a SystemExit with code 0, so a script exits 0 (and runs nothing after pretraining,
+  e.g. --linear_eval); an in-process caller may catch it. `.step` is the step saved."""
+
+  def __init__(self, step: int):
+    super().__init__(0)
+    self.step = step
+
+
+class _StopSignals:
+  """SIGTERM and SIGINT, for the duration of a `with` block (main thread only): the first one
+  sets `.signum` (the loop stops after the step in flight), and from then on both have their
+  default action again, so a second one ends the process at once even while the main thread
+  waits in XLA or a save. The previous handlers come back on exit."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signum, self._previous = None, {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:          # two signals before the handler could reset them
+      os._exit(128 + signum)
+    self.signum = signum
+    for s in self.SIGNALS:
+      signal.signal(s, signal.SIG_DFL)
+    logging.warning("%s: stopping after the current step, saving a checkpoint (send it again "
+                    "to exit at once, without one)", signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    return False
+
+
+class _FiniteCheck:
+  """The steps' `finite` flags, fetched from the device only when the loop syncs anyway
+  (before a log, an evaluation, a checkpoint save, and at the end)."""
+
+  def __init__(self, max_bad_steps: int, checkpoints):
+    if max_bad_steps < 0:
+      raise ValueError(f"train.max_bad_steps={max_bad_steps}: must be >= 0 (0 = stop at the "
+                       "first non-finite step)")
+    self.max_bad, self.bad, self.pending, self.checkpoints = max_bad_steps, 0, [], checkpoints
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.pending.append((step, metrics["finite"], metrics["loss"], metrics["l2_grads"]))
+
+  def __call__(self) -> None:
+    if not self.pending:
+      return
+    values = jax.device_get([p[1:] for p in self.pending])
+    steps = [p[0] for p in self.pending]
+    self.pending = []
+    for step, (finite, loss, l2_grads) in zip(steps, values):
+      if finite:
+        continue
+      self.bad += 1
+      what = "loss" if not np.isfinite(loss) else "gradient"
+      detail = f"non-finite {what} at step {step} (loss {loss}, l2_grads {l2_grads})"
+      if self.bad > self.max_bad:
+        latest = self.checkpoints.latest_step()
+        raise FloatingPointError(
+            f"{detail}: stopping. Its update was not applied and no state from step {step} on "
+            f"was saved; the last checkpoint is step {latest} in {self.checkpoints.directory}. "
+            "Check the data for NaN/inf, lower optim.base_lr, or set train.max_bad_steps to "
+            f"skip such steps ({self.bad - 1} skipped so far, train.max_bad_steps="
+            f"{self.max_bad}).")
+      logging.warning("%s: update skipped (%d of train.max_bad_steps=%d)", detail, self.bad,
+                      self.max_bad)
+
+
 def pretrain(config, workdir: str) -> dict[str, float]:
   """Runs (or resumes) SimCLR pretraining in `workdir`; returns the last logged metrics."""
   # The config checked (and on a resume against the workdir's config.json) before anything
@@ -195,9 +304,9 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   init_rng, augment_key = run_keys(config.seed)
   state = init_state(setup, init_rng)
   manager = checkpoint.make_manager(workdir, config.train.checkpoint_every,
-                                    config.train.keep_checkpoints)
+                                    config.train.keep_checkpoints, cleanup=True)
   if manager.latest_step() is not None:
-    state, start = checkpoint.restore(manager, state, data_iter)
+    state, start = checkpoint.restore_latest(manager, state, data_iter)
     logging.info("Resuming from %s at step %d", manager.directory, start)
   else:
     start = 0
@@ -213,42 +322,70 @@ def pretrain(config, workdir: str) -> dict[str, float]:
                config.model.backbone, n_params, setup.mesh.devices.size,
                config.train.batch_size, setup.total_steps, setup.steps_per_epoch)
   train_step = make_train_step(setup, augment_key)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  # Imported here: clu's writers import TensorFlow (5 s), which importing this module (e.g. for
+  # TrainState, `build` or `Preempted`) need not pay.
+  from clu import metric_writers
+  writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
   if start == 0 and is_chief:
     writer.write_images(0, {"augment/views": views_grid(config, source, augment_key)[None]})
 
-  history, last = [], {}
+  check_finite = _FiniteCheck(int(config.train.get("max_bad_steps", 0)), manager)
+  multiprocess = jax.process_count() > 1
+  history, last, preempted = [], {}, None
   t0, images_since = time.perf_counter(), 0
   try:
-    for step in range(start, end):
-      batch = _device_batch(setup.mesh, next(data_iter))
-      state, metrics = train_step(state, batch)
-      history.append(metrics)
-      images_since += config.train.batch_size
-      done = step + 1
-      stop = False
-      if watch.due(done, setup.total_steps):
-        # images_per_sec counts training only: the steps in flight finish first, then the
-        # evaluation's time is taken out of the current window.
-        jax.block_until_ready(state)
-        t1 = time.perf_counter()
-        stop = watch(done, state, writer)
-        t0 += time.perf_counter() - t1
-      if done % config.train.log_every == 0 or done == setup.total_steps or stop:
-        last = _average(history)        # device_get here: one host sync per log, not per step
-        dt = time.perf_counter() - t0
-        last["images_per_sec"] = images_since / dt
-        last["epoch"] = done / setup.steps_per_epoch
-        writer.write_scalars(done, last)
-        history, t0, images_since = [], time.perf_counter(), 0
-      checkpoint.save(manager, done, state, data_iter, force=done == setup.total_steps or stop)
-      if stop:
-        logging.info("Early stop at step %d: see %s", done,
-                     os.path.join(workdir, monitor.HISTORY))
-        break
+    with _StopSignals() as signals:
+      for step in range(start, end):
+        batch = _device_batch(setup.mesh, next(data_iter))
+        state, metrics = train_step(state, batch)
+        done = step + 1
+        check_finite.add(done, metrics)
+        metrics = {k: v for k, v in metrics.items() if k != "finite"}
+        history.append(metrics)
+        images_since += config.train.batch_size
+        log_due = done % config.train.log_every == 0 or done == setup.total_steps
+        signalled = signals.signum is not None
+        if multiprocess and log_due:
+          # Every process stops at the same step (the save is collective): they agree at log
+          # steps, which all of them reach together, instead of syncing at every step.
+          from jax.experimental import multihost_utils
+          signalled = bool(multihost_utils.process_allgather(np.int32(signalled)).any())
+        elif multiprocess:
+          signalled = False
+        stop = False
+        if watch.due(done, setup.total_steps):
+          check_finite()
+          # images_per_sec counts training only: the steps in flight finish first, then the
+          # evaluation's time is taken out of the current window.
+          jax.block_until_ready(state)
+          t1 = time.perf_counter()
+          stop = watch(done, state, writer)
+          t0 += time.perf_counter() - t1
+        force = done == setup.total_steps or stop or signalled
+        save_due = force or manager.should_save(done)
+        if log_due or stop or signalled or save_due:
+          check_finite()                # before anything of this state is logged or saved
+        if log_due or stop or signalled:
+          last = _average(history)      # device_get here: one host sync per log, not per step
+          dt = time.perf_counter() - t0
+          last["images_per_sec"] = images_since / dt
+          last["epoch"] = done / setup.steps_per_epoch
+          writer.write_scalars(done, last)
+          history, t0, images_since = [], time.perf_counter(), 0
+        if save_due:
+          writer.flush()                # the events of every step a checkpoint covers are on disk
+          checkpoint.save(manager, done, state, data_iter, force=force)
+        if stop:
+          logging.info("Early stop at step %d: see %s", done,
+                       epath.Path(workdir) / monitor.HISTORY)
+          break
+        if signalled:
+          preempted = done
+          break
+      check_finite()
   finally:
-    # Also on an exception (Ctrl-C, a crash): finish the checkpoint being written and flush the
-    # logged metrics, so the restarted run continues from everything that was reported.
+    # Also on an exception (a non-finite step, a crash): finish the checkpoint being written
+    # and flush the logged metrics, so the restarted run continues from everything reported.
     manager.wait_until_finished()
     watch.close()
     writer.flush()
@@ -256,4 +393,8 @@ def pretrain(config, workdir: str) -> dict[str, float]:
     manager.close()
     if hasattr(data_iter, "close"):
       data_iter.close()
+  if preempted is not None:
+    logging.warning("preempted at step %d: checkpoint saved in %s, run the same command to "
+                    "resume", preempted, epath.Path(workdir) / checkpoint.CHECKPOINTS)
+    raise Preempted(preempted)
   return last
