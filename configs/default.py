@@ -111,6 +111,7 @@ def get_config(arg=None):
   # 0: the run stops there with a FloatingPointError naming the step; N > 0: up to N such steps
   # (in one process's run) are skipped with a warning, the next one stops the run.
   c.train.max_bad_steps = 0
+  c.train.report = True             # report.md + plots/ at the end (scripts/report.py)
   # Early stopping on a metric of the evaluation during pretraining (eval.every_epochs > 0):
   # stop once `patience` evaluations in a row brought no improvement by more than min_delta.
   # The best checkpoint by the same metric is kept in workdir/checkpoints_best.
@@ -203,6 +204,7 @@ def shrink(c: ml_collections.ConfigDict, batch_size: int = 16, num_devices: int 
   c.train.steps = 2
   c.train.num_devices = num_devices
   c.train.log_every = 1
+  c.train.report = False            # the report reads data and imports matplotlib: seconds
   c.train.checkpoint_every = 2
   return c
 

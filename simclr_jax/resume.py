@@ -25,7 +25,8 @@ from simclr_jax.validate import ConfigError, fail, one_line
 MAY_CHANGE = (
     "train.epochs", "train.steps",      # extend (or shorten) a run; the lr schedule is
                                         # recomputed for the new total (README § Resuming)
-    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
+    "train.report",
     "train.num_devices",                # replicated state restores on any device count
     "train.patience", "train.min_delta",
     "data.path",                        # data moved; its shape and channels are checked again

@@ -393,6 +393,13 @@ def pretrain(config, workdir: str) -> dict[str, float]:
     manager.close()
     if hasattr(data_iter, "close"):
       data_iter.close()
+  if preempted is None and is_chief and config.train.get("report", True):
+    from simclr_jax import report        # matplotlib; a failed report never fails the run
+    try:
+      logging.info("Model report: %s", report.write_report(workdir))
+    except Exception as e:  # noqa: BLE001
+      logging.warning("report.md not written (%s): python scripts/report.py --workdir %s", e,
+                      workdir)
   if preempted is not None:
     logging.warning("preempted at step %d: checkpoint saved in %s, run the same command to "
                     "resume", preempted, epath.Path(workdir) / checkpoint.CHECKPOINTS)

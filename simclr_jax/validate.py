@@ -146,7 +146,8 @@ RULES: dict[str, Rule] = {
     "train.batch_size": integer(1), "train.epochs": integer(0), "train.steps": integer(0),
     "train.num_devices": integer(0), "train.log_every": integer(1),
     "train.checkpoint_every": integer(1), "train.keep_checkpoints": integer(1),
-    "train.patience": integer(0),
+    "train.patience": integer(0), "train.max_bad_steps": integer(0),
+    "train.report": BOOL,
     "train.monitor": Rule(lambda v: isinstance(v, str) and v.removeprefix("eval/")
                           in MONITOR_METRICS, "one of " + ", ".join(MONITOR_METRICS)),
     "train.monitor_mode": choice(("max", "min", "auto")), "train.min_delta": NONNEG,

@@ -39,7 +39,11 @@ def tiny_resumed_run(tmp_path_factory) -> str:
     from simclr_jax import train
     workdir = str(tmp_path_factory.mktemp("resumed"))
     train.pretrain(_config(2, evaluate=True), workdir)
-    train.pretrain(_config(3, evaluate=False), workdir)
+    config = _config(3, evaluate=False)
+    config.train.report = True        # the end of a run writes the report (tiny configs: off)
+    train.pretrain(config, workdir)
+    assert os.path.exists(os.path.join(workdir, "report.md"))
+    assert os.path.exists(os.path.join(workdir, "plots", "loss_curve.png"))
     _RUNS["workdir"] = workdir
   return _RUNS["workdir"]
 
