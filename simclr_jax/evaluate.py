@@ -37,7 +37,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from simclr_jax import metrics as metrics_lib
-from simclr_jax import monitor, parallel, probes, train
+from simclr_jax import monitor, parallel, probes, progress, train
 from simclr_jax.data import labels as labels_lib
 from simclr_jax.data import pipeline, sources
 
@@ -62,11 +62,14 @@ def extract_features(setup: train.Setup, state, source, batch_size: int):
 
   feats, labels = [], []
   sharding = parallel.batch_sharded(setup.mesh)
+  bar = progress.Progress("features", len(source), unit="image")
   for images, y, valid in pipeline.eval_batches(source, batch_size):
     images = jax.device_put(images, sharding)
     h = features(state.params, state.batch_stats, images)
     feats.append(np.asarray(jax.device_get(h))[:valid].astype(np.float32))
     labels.append(y[:valid])
+    bar.update(sum(map(len, labels)))
+  bar.close()
   return np.concatenate(feats), np.concatenate(labels)
 
 

@@ -35,7 +35,7 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 from sklearn.model_selection import train_test_split
 
-from simclr_jax import augment, evaluate, monitor, parallel, probes, tables, train
+from simclr_jax import augment, evaluate, monitor, parallel, probes, progress, tables, train
 from simclr_jax.data import labels as labels_lib
 from simclr_jax.data import pipeline, sources
 from simclr_jax.models import simclr as simclr_model
@@ -266,6 +266,7 @@ class Trainer:
     key = jax.random.PRNGKey(seed + 1)
     stopper = monitor.EarlyStopping(ft.patience, mode="min")
     best, curve = None, []
+    bar = progress.Progress("fine-tune", ft.epochs, unit="epoch")
     for epoch in range(ft.epochs):
       ds = (grain.MapDataset.source(fit_src).shuffle(seed=seed + epoch)
             [jax.process_index()::procs]
@@ -277,11 +278,13 @@ class Trainer:
       val = float(np.mean(np.asarray(probes.head_loss(
           jnp.asarray(logits, jnp.float32), jnp.asarray(val_targets), self.multilabel))))
       curve.append(val)
+      bar.update(epoch + 1, log=True, **{"val loss": val})
       stop = stopper.update(val)
       if stopper.best_index == epoch:
         best = jax.device_get(state)           # a host copy: the step donates its input
       if stop:
         break
+    bar.close()
     return best, state, {"best_epoch": stopper.best_index + 1, "epochs_run": len(curve),
                          "val_loss_curve": curve, "batch_size": batch}
 

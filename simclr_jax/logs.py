@@ -21,3 +21,21 @@ def quiet_libraries() -> None:
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
     handler.addFilter(_DropLibraryInfo())
+
+
+def hparams(config) -> dict:
+  """The config as TensorBoard's HParams tab takes it: flat 'group.field' keys, each value a
+  bool, int, float or string (tuples and None as their text), so runs compare side by side."""
+  flat = {}
+
+  def walk(prefix, node):
+    for key, value in node.items():
+      name = f"{prefix}{key}"
+      if isinstance(value, dict):
+        walk(name + ".", value)
+      elif isinstance(value, (bool, int, float, str)):
+        flat[name] = value
+      else:
+        flat[name] = str(value)
+  walk("", config.to_dict() if hasattr(config, "to_dict") else dict(config))
+  return flat

@@ -21,14 +21,12 @@ Resilience (README.md § "Resuming, preemption and errors"):
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import threading
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +36,9 @@ from etils import epath
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import augment, checkpoint, losses, monitor, optim, parallel, resume
-from simclr_jax.data import pipeline, sources
+from simclr_jax import (augment, checkpoint, logs, losses, monitor, optim, parallel, progress,
+                        resume)
+from simclr_jax.data import pipeline
 from simclr_jax.models import simclr as simclr_model
 
 
@@ -328,11 +327,13 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
   if start == 0 and is_chief:
     writer.write_images(0, {"augment/views": views_grid(config, source, augment_key)[None]})
+    writer.write_hparams(logs.hparams(config))
 
   check_finite = _FiniteCheck(int(config.train.get("max_bad_steps", 0)), manager)
   multiprocess = jax.process_count() > 1
   history, last, preempted = [], {}, None
   t0, images_since = time.perf_counter(), 0
+  bar = progress.Progress("pretrain", setup.total_steps, start)
   try:
     with _StopSignals() as signals:
       for step in range(start, end):
@@ -372,6 +373,8 @@ def pretrain(config, workdir: str) -> dict[str, float]:
           last["epoch"] = done / setup.steps_per_epoch
           writer.write_scalars(done, last)
           history, t0, images_since = [], time.perf_counter(), 0
+        bar.update(done, log=bool(last) and log_due, epoch=f"{done / setup.steps_per_epoch:.1f}",
+                   **({"loss": last["loss"], "img/s": last["images_per_sec"]} if last else {}))
         if save_due:
           writer.flush()                # the events of every step a checkpoint covers are on disk
           checkpoint.save(manager, done, state, data_iter, force=force)
@@ -386,6 +389,7 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   finally:
     # Also on an exception (a non-finite step, a crash): finish the checkpoint being written
     # and flush the logged metrics, so the restarted run continues from everything reported.
+    bar.close()
     manager.wait_until_finished()
     watch.close()
     writer.flush()

@@ -74,3 +74,23 @@ def script(name: str):
     sys.modules[key] = module
     spec.loader.exec_module(module)
   return sys.modules[key]
+
+
+def hparams(workdir: str) -> dict:
+  """{name: value} of the HParams tab's session start info in a workdir's event files."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  from tensorboard.plugins.hparams import plugin_data_pb2
+
+  out = {}
+  for f in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
+    acc = EventAccumulator(f)
+    acc.Reload()
+    try:
+      contents = acc.PluginTagToContent("hparams").values()
+    except KeyError:                 # a file without hparams (a resumed run's later file)
+      continue
+    for content in contents:
+      info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+      for name, value in info.hparams.items():
+        out[name] = getattr(value, value.WhichOneof("kind"))
+  return out

@@ -457,6 +457,7 @@ def _check_steps(steps, workdir, checked):
       metrics, state = _one_device_step_from_checkpoint(steps, workdir, s - 1)
       before = _restore_state(workdir, s - 1, template)
     exact = s == 1
+    metrics = {k: v for k, v in metrics.items() if k != "finite"}   # read by the loop, not logged
     rel = {k: abs(events[k][s] / float(v) - 1) if float(v) else abs(events[k][s])
            for k, v in metrics.items()}
     worst = max((k for k in rel if k in FORWARD), key=rel.get)

@@ -328,6 +328,7 @@ elif __name__ == "__main__":
   nan_at = {int(s) for s in sys.argv[1].split(",")}
   sys.argv = [sys.argv[2], *sys.argv[3:]]
   sys.path.insert(0, ROOT)
+  sys.path.insert(0, os.path.join(ROOT, "scripts"))   # as `python scripts/pretrain.py` has it
   from simclr_jax import train
   real_device_batch, batches = train._device_batch, [0]
 

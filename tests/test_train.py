@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import digits
-from helpers import ROOT, run_python, scalars
+from helpers import ROOT, hparams, run_python, scalars
 from simclr_jax import checkpoint, train
 
 
@@ -75,6 +75,11 @@ def test_killed_run_left_checkpoint_and_events(runs):
   assert ev["learning_rate"][2] == pytest.approx(peak / warmup, rel=1e-5)
   # NT-Xent of an untrained model on 2B = 64 views is near log(2B - 1).
   assert abs(ev["loss"][1] - np.log(2 * c.train.batch_size - 1)) < 0.5
+  # The config in TensorBoard's HParams tab, flat: runs compare field by field.
+  hp = hparams(runs["interrupted"])
+  assert hp["optim.name"] == c.optim.name and hp["train.batch_size"] == c.train.batch_size
+  assert hp["loss.temperature"] == pytest.approx(c.loss.temperature)
+  assert hp["model.backbone"] == "resnet18" and hp["augment.preset"] == c.augment.preset
 
 
 def test_restarted_run_resumes_exactly(runs):
@@ -103,3 +108,26 @@ def test_unknown_config_key_is_refused():
                      "--workdir", "/nonexistent", "--config.train.bacth_size=3"], timeout=120)
   assert proc.returncode != 0
   assert "bacth_size" in proc.stderr
+
+
+def test_without_workdir_the_run_goes_to_runs_config_variant_timestamp(tmp_path, monkeypatch,
+                                                                      capsys):
+  """`--workdir` is optional: runs/<config name>-<variant>-<YYYYmmdd-HHMMSS> under the working
+  directory, printed at the start (a run of 0 steps: the naming is what is under test)."""
+  import datetime as dt
+  import re
+
+  from helpers import script
+  monkeypatch.chdir(tmp_path)
+  before = dt.datetime.now().replace(microsecond=0)
+  code = script("pretrain").run_cli(["pretrain.py", f"--config={ROOT}/configs/digits.py:tiny",
+                                     "--config.train.epochs=0", "--config.train.steps=0",
+                                     "--config.train.num_devices=1"])
+  after = dt.datetime.now()
+  assert code == 0
+  (line,) = [l for l in capsys.readouterr().out.splitlines() if l.startswith("workdir: ")]
+  m = re.fullmatch(r"workdir: runs/digits-tiny-(\d{8}-\d{6})", line)
+  assert m, line
+  assert before <= dt.datetime.strptime(m.group(1), "%Y%m%d-%H%M%S") <= after
+  assert os.listdir(tmp_path / "runs") == [line.split("/", 1)[1]]
+  assert os.path.exists(tmp_path / line.removeprefix("workdir: ") / "config.json")
