@@ -18,7 +18,9 @@ import sys
 # Configs import each other as `configs.<name>`: make the repository root importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags
+from absl import flags
+
+import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
 _OUT = flags.DEFINE_string("out", None, "Folder to write the encoder to (created).")
@@ -27,11 +29,8 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not os.path.exists(os.path.join(_WORKDIR.value, "config.json")):
-    raise app.UsageError(f"no {_WORKDIR.value}/config.json: is it the workdir of a "
-                         "pretraining run?")
+  workdir_flags.no_extra_args(argv)
+  workdir_flags.require_run(_WORKDIR.value)
   from simclr_jax import export, logs
   logs.quiet_libraries()
   out = export.export_encoder(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
@@ -41,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  workdir_flags.app_run(main)      # a known error: one `error:` line, exit 2

@@ -147,6 +147,13 @@ def no_extra_args(argv) -> None:
     raise validate.ConfigError(f"unexpected arguments: {argv[1:]}")
 
 
+def require_run(workdir: str) -> None:
+  """Refuses a workdir that holds no pretraining run (every script that reads one)."""
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    raise validate.ConfigError(f"no {workdir}/config.json: is it the workdir of a pretraining "
+                               "run?")
+
+
 def start(argv, workdir: str, config, purpose: str) -> None:
   """What linear_eval and finetune do before any work: refuse stray arguments and a workdir
   without a pretraining run, quiet the libraries' logs, one CPU device per core, then the
@@ -155,9 +162,7 @@ def start(argv, workdir: str, config, purpose: str) -> None:
   no_extra_args(argv)
   if _unreadable:
     raise validate.ConfigError(validate.one_line(_unreadable[0]))
-  if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise validate.ConfigError(f"no {workdir}/config.json: is it the workdir of a pretraining "
-                               "run?")
+  require_run(workdir)
   logs.quiet_libraries()
   parallel.use_all_cpu_cores()
   if verbose():
