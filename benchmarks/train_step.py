@@ -7,9 +7,10 @@ sdo recipe (configs/sdo.py: ResNet-50, 128x128x1, online head, batch 32), both w
 this times `simclr_jax.train.make_train_step` (two on-device augmented views, encoder,
 projection, NT-Xent, online head where the config has one, gradients, optimizer update) on a
 random batch already on the devices:
-- per device count (--devices: 1, 'default' = what scripts/pretrain.py uses, i.e. one device
-  per core on a CPU host, 8, ...), each in its own process, because the number of CPU devices
-  is fixed when the backend starts; on a GPU/TPU host a number means the first N devices;
+- per device count (--devices: 1, 2, 'default' = what scripts/pretrain.py uses, i.e. on a CPU
+  host as many emulated devices as divide the batch, up to 8 per core), each in its own
+  process, because the number of CPU devices is fixed when the backend starts; on a GPU/TPU
+  host a number means the first N devices;
 - per compute dtype (model.dtype) and convolution path (model.conv_impl);
 - compile time apart (lower + compile), then views/s (2 views per image) over --steps steps
   after --warmup steps, blocking on the result;
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -171,7 +173,10 @@ def run_worker(args) -> dict:
   """One process: the peaks, or every (recipe, dtype, conv_impl) at one device count."""
   from simclr_jax import parallel
   if args.worker == "step" and args.devices == "default":
-    parallel.use_all_cpu_cores()      # what scripts/pretrain.py does; a no-op off CPU hosts
+    # What scripts/pretrain.py does (a no-op off CPU hosts): as many emulated devices, up to 8
+    # per core, as divide the batch; one count for every recipe of this worker.
+    batches = [args.batch or RECIPE_BATCH[r] for r in args.recipes.split(",")]
+    parallel.use_all_cpu_cores(batch_size=math.gcd(*batches))
   import jax
   info = host_info()
   if args.worker == "peaks":
@@ -294,10 +299,11 @@ def table(result: dict) -> str:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--recipes", default="cifar10,sdo")
-  p.add_argument("--devices", default="1,default,8",
-                 help="device counts, one process each; 'default' = one per CPU core")
+  p.add_argument("--devices", default="1,2,default",
+                 help="device counts, one process each; 'default' = what scripts/pretrain.py "
+                      "starts: on a CPU host, as many as divide the batch, up to 8 per core")
   p.add_argument("--dtypes", default="float32,bfloat16")
-  p.add_argument("--conv-impls", default="auto,xla",
+  p.add_argument("--conv-impls", default="xla",
                  help="model.conv_impl values ('' = the config's own); duplicates after "
                       "resolving 'auto' on this host are timed once")
   p.add_argument("--batch", type=int, default=0, help="override every recipe's batch (smoke)")

@@ -31,7 +31,9 @@ def get_config(arg=None):
   c.data.channels = 3
   c.data.num_classes = 10
   c.data.value_range = (0.0, 1.0)
-  c.data.workers = 2
+  # Decoding CIFAR-10 is a uint8 -> float32 division: a background thread feeds thousands of
+  # images/s, and worker processes would only take cores from the step (benchmarks/README.md).
+  c.data.workers = 0
 
   c.model.backbone = "resnet18"
   c.model.width_multiplier = 1.0

@@ -103,7 +103,9 @@ def get_config(arg=None):
   c.train.batch_size = 256          # global batch (all devices, all hosts)
   c.train.epochs = 100
   c.train.steps = 0                 # > 0 overrides epochs
-  c.train.num_devices = 0           # 0 = all (on a CPU-only host: one emulated device per core)
+  # 0 = all devices. On a CPU-only host the scripts emulate the devices: N when set, else as
+  # many as divide the per-process batch, up to 8 per core (the faster CPU path; README § Speed).
+  c.train.num_devices = 0
   c.train.log_every = 10
   c.train.checkpoint_every = 500
   c.train.keep_checkpoints = 3

@@ -48,7 +48,8 @@ def main(argv):
   if workdir_flags.verbose():
     logging.info("config:\n%s", config)
   validate.check_fields(config)           # before the distributed start reads its fields
-  parallel.use_all_cpu_cores()
+  parallel.use_cpu_path_for(config)
+  parallel.use_compilation_cache()
   try:
     distributed.initialize_distributed(config)
   except ValueError as e:

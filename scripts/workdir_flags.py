@@ -156,7 +156,7 @@ def require_run(workdir: str) -> None:
 
 def start(argv, workdir: str, config, purpose: str) -> None:
   """What linear_eval and finetune do before any work: refuse stray arguments and a workdir
-  without a pretraining run, quiet the libraries' logs, one CPU device per core, then the
+  without a pretraining run, quiet the libraries' logs, one CPU device per core, the compilation cache, then the
   config check (simclr_jax/validate.py) and the checkpoint eval.checkpoint names
   (simclr_jax/resume.py)."""
   no_extra_args(argv)
@@ -164,7 +164,8 @@ def start(argv, workdir: str, config, purpose: str) -> None:
     raise validate.ConfigError(validate.one_line(_unreadable[0]))
   require_run(workdir)
   logs.quiet_libraries()
-  parallel.use_all_cpu_cores()
+  parallel.use_cpu_path_for(config)
+  parallel.use_compilation_cache()
   if verbose():
     from absl import logging
     logging.info("config:\n%s", config)

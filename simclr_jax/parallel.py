@@ -16,21 +16,71 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA = "data"
 
 
-def use_all_cpu_cores(num_devices: int | None = None) -> None:
-  """On a CPU-only host, emulate one XLA device per core (call before the first JAX operation).
+# Emulated XLA CPU devices per core at most: the batch is split over them (shard_map, global
+# BatchNorm and NT-Xent over all of them, so the step computes the same thing). XLA:CPU's
+# convolutions run faster on small per-device batches, whose activations stay in the caches,
+# than on one large batch per core; benchmarks/README.md has the measured rates per count.
+MAX_CPU_DEVICES_PER_CORE = 8
 
-  One XLA CPU device runs a convolution on about 1.6 cores only, so sharding the batch over one
-  device per core raises throughput on a multi-core host. Accelerator backends are unaffected.
-  An explicit XLA_FLAGS device count or JAX_NUM_CPU_DEVICES set by the user wins.
+
+def cpu_device_count(batch_size: int | None = None, processes: int = 1,
+                     cores: int | None = None) -> int:
+  """CPU devices for a batch of `batch_size` split over `processes`: the largest count up to
+  MAX_CPU_DEVICES_PER_CORE per core that divides the per-process batch; one per core without a
+  batch (or when the processes do not divide it: the batch check then names the problem)."""
+  cores = cores or os.cpu_count() or 1
+  if not batch_size or batch_size % processes:
+    return cores
+  local = batch_size // processes
+  return max(n for n in range(1, min(local, MAX_CPU_DEVICES_PER_CORE * cores) + 1)
+             if local % n == 0)
+
+
+def use_all_cpu_cores(num_devices: int | None = None, batch_size: int | None = None,
+                      processes: int = 1) -> None:
+  """The default CPU path (call before the first JAX operation; accelerators are unaffected):
+  `num_devices` emulated XLA devices, else `cpu_device_count(batch_size, processes)`. An
+  explicit XLA_FLAGS device count or JAX_NUM_CPU_DEVICES set by the user wins.
   """
   if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
       or os.environ.get("JAX_NUM_CPU_DEVICES")):
     return
-  n = num_devices or os.cpu_count() or 1
+  n = num_devices or cpu_device_count(batch_size, processes)
   try:
     jax.config.update("jax_num_cpu_devices", n)
   except RuntimeError:  # backends already initialised (e.g. inside tests): keep what exists
     pass
+
+
+def use_cpu_path_for(config) -> None:
+  """`use_all_cpu_cores` for a run of `config`: train.num_devices when set, else a count that
+  divides the per-process share of train.batch_size (the process count as the config or the
+  JAX_NUM_PROCESSES variable gives it)."""
+  from simclr_jax import distributed
+  processes = distributed.distributed_settings(config).get("num_processes", 1)
+  use_all_cpu_cores(int(config.train.num_devices) or None, int(config.train.batch_size),
+                    processes)
+
+
+def use_compilation_cache(path: str | None = None) -> str:
+  """JAX's persistent compilation cache, so that a second start of the same config (a resume, a
+  sweep point, an evaluation script) loads its executables instead of compiling them again.
+
+  The directory: `path`, else one the user set (JAX_COMPILATION_CACHE_DIR or
+  jax.config), else `$XDG_CACHE_HOME/simclr_jax/xla` (default ~/.cache/simclr_jax/xla);
+  SIMCLR_JAX_COMPILATION_CACHE=0 turns it off. Returns the directory ('' when off). XLA keys
+  every entry by the program, the backend, its flags and the jax version, so a changed
+  setting compiles anew.
+  """
+  if os.environ.get("SIMCLR_JAX_COMPILATION_CACHE", "1") == "0":
+    return ""
+  path = path or jax.config.jax_compilation_cache_dir
+  if not path:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
+                                                                   ".cache")
+    path = os.path.join(cache_home, "simclr_jax", "xla")
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
 
 
 def make_mesh(num_devices: int = 0) -> Mesh:

@@ -12,7 +12,7 @@ Resilience (README.md § "Resuming, preemption and errors"):
   many such steps). A non-finite state is never computed, let alone saved.
 - preemption: SIGTERM or SIGINT finishes the step in flight, saves a checkpoint of it, flushes
   the writers and raises `Preempted` (a SystemExit with code 0); a second signal kills the
-  process at once (the signal's default action).
+  process at once (the signal's default action). Both guards: simclr_jax/guards.py.
 - resume: from the newest checkpoint that restores (simclr_jax/checkpoint.py:
   `restore_latest`); the event file is flushed before every save, so a killed run loses no
   logged step its checkpoints cover.
@@ -21,9 +21,6 @@ Resilience (README.md § "Resuming, preemption and errors"):
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -36,8 +33,8 @@ from etils import epath
 from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import (augment, checkpoint, logs, losses, monitor, optim, parallel, progress,
-                        resume)
+from simclr_jax import (augment, checkpoint, guards, logs, losses, monitor, optim, parallel,
+                        progress, resume)
 from simclr_jax.data import pipeline
 from simclr_jax.models import simclr as simclr_model
 
@@ -214,76 +211,6 @@ class Preempted(SystemExit):
     self.step = step
 
 
-class _StopSignals:
-  """SIGTERM and SIGINT, for the duration of a `with` block (main thread only): the first one
-  sets `.signum` (the loop stops after the step in flight), and from then on both have their
-  default action again, so a second one ends the process at once even while the main thread
-  waits in XLA or a save. The previous handlers come back on exit."""
-
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.signum, self._previous = None, {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for s in self.SIGNALS:
-        self._previous[s] = signal.signal(s, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signum is not None:          # two signals before the handler could reset them
-      os._exit(128 + signum)
-    self.signum = signum
-    for s in self.SIGNALS:
-      signal.signal(s, signal.SIG_DFL)
-    logging.warning("%s: stopping after the current step, saving a checkpoint (send it again "
-                    "to exit at once, without one)", signal.Signals(signum).name)
-
-  def __exit__(self, *exc):
-    for s, handler in self._previous.items():
-      signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-    return False
-
-
-class _FiniteCheck:
-  """The steps' `finite` flags, fetched from the device only when the loop syncs anyway
-  (before a log, an evaluation, a checkpoint save, and at the end)."""
-
-  def __init__(self, max_bad_steps: int, checkpoints):
-    if max_bad_steps < 0:
-      raise ValueError(f"train.max_bad_steps={max_bad_steps}: must be >= 0 (0 = stop at the "
-                       "first non-finite step)")
-    self.max_bad, self.bad, self.pending, self.checkpoints = max_bad_steps, 0, [], checkpoints
-
-  def add(self, step: int, metrics: dict) -> None:
-    self.pending.append((step, metrics["finite"], metrics["loss"], metrics["l2_grads"]))
-
-  def __call__(self) -> None:
-    if not self.pending:
-      return
-    values = jax.device_get([p[1:] for p in self.pending])
-    steps = [p[0] for p in self.pending]
-    self.pending = []
-    for step, (finite, loss, l2_grads) in zip(steps, values):
-      if finite:
-        continue
-      self.bad += 1
-      what = "loss" if not np.isfinite(loss) else "gradient"
-      detail = f"non-finite {what} at step {step} (loss {loss}, l2_grads {l2_grads})"
-      if self.bad > self.max_bad:
-        latest = self.checkpoints.latest_step()
-        raise FloatingPointError(
-            f"{detail}: stopping. Its update was not applied and no state from step {step} on "
-            f"was saved; the last checkpoint is step {latest} in {self.checkpoints.directory}. "
-            "Check the data for NaN/inf, lower optim.base_lr, or set train.max_bad_steps to "
-            f"skip such steps ({self.bad - 1} skipped so far, train.max_bad_steps="
-            f"{self.max_bad}).")
-      logging.warning("%s: update skipped (%d of train.max_bad_steps=%d)", detail, self.bad,
-                      self.max_bad)
-
-
 def pretrain(config, workdir: str) -> dict[str, float]:
   """Runs (or resumes) SimCLR pretraining in `workdir`; returns the last logged metrics."""
   # The config checked (and on a resume against the workdir's config.json) before anything
@@ -329,13 +256,13 @@ def pretrain(config, workdir: str) -> dict[str, float]:
     writer.write_images(0, {"augment/views": views_grid(config, source, augment_key)[None]})
     writer.write_hparams(logs.hparams(config))
 
-  check_finite = _FiniteCheck(int(config.train.get("max_bad_steps", 0)), manager)
+  check_finite = guards.FiniteCheck(int(config.train.get("max_bad_steps", 0)), manager)
   multiprocess = jax.process_count() > 1
   history, last, preempted = [], {}, None
   t0, images_since = time.perf_counter(), 0
   bar = progress.Progress("pretrain", setup.total_steps, start)
   try:
-    with _StopSignals() as signals:
+    with guards.StopSignals() as signals:
       for step in range(start, end):
         batch = _device_batch(setup.mesh, next(data_iter))
         state, metrics = train_step(state, batch)

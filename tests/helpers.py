@@ -42,13 +42,16 @@ def free_port() -> int:
 
 
 def child_env(**extra) -> dict:
-  """The environment of a child Python: this checkout first on PYTHONPATH, CPU only, and none
-  of this process's JAX_* / XLA_* settings (the 8 emulated test devices stay here)."""
+  """The environment of a child Python: this checkout first on PYTHONPATH, CPU only, none of
+  this process's JAX_* / XLA_* settings (the 8 emulated test devices stay here) but the test
+  session's compilation cache; `extra` on top, where None removes a variable."""
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
   env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+  if os.environ.get("SIMCLR_JAX_TEST_XLA_CACHE"):
+    env["JAX_COMPILATION_CACHE_DIR"] = os.environ["SIMCLR_JAX_TEST_XLA_CACHE"]
   env.update(extra)
-  return env
+  return {k: v for k, v in env.items() if v is not None}
 
 
 def run_python(args, timeout: float = 600, **env) -> subprocess.CompletedProcess:

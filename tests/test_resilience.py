@@ -278,7 +278,7 @@ def test_a_second_signal_exits_at_once():
 
 def test_max_bad_steps_0_stops_at_the_first_non_finite_flag():
   from configs import default
-  from simclr_jax import train
+  from simclr_jax import guards
 
   class Checkpoints:
     directory = "/nowhere/checkpoints"
@@ -287,7 +287,7 @@ def test_max_bad_steps_0_stops_at_the_first_non_finite_flag():
       return 8
 
   assert default.get_config().train.max_bad_steps == 0
-  check = train._FiniteCheck(0, Checkpoints())
+  check = guards.FiniteCheck(0, Checkpoints())
   check.add(8, {"finite": np.bool_(True), "loss": np.float32(4.1), "l2_grads": np.float32(2.0)})
   check()                                           # finite: nothing happens
   check.add(9, {"finite": np.bool_(True), "loss": np.float32(4.0), "l2_grads": np.float32(2.0)})
@@ -297,16 +297,16 @@ def test_max_bad_steps_0_stops_at_the_first_non_finite_flag():
                      r"no state from step 10 on was saved; the last checkpoint is step 8"):
     check()
   with pytest.raises(ValueError, match="train.max_bad_steps=-1"):
-    train._FiniteCheck(-1, Checkpoints())
+    guards.FiniteCheck(-1, Checkpoints())
 
 
 def _signals_child():
-  from simclr_jax import train
-  before = {s: signal.getsignal(s) for s in train._StopSignals.SIGNALS}
-  with train._StopSignals():
+  from simclr_jax import guards
+  before = {s: signal.getsignal(s) for s in guards.StopSignals.SIGNALS}
+  with guards.StopSignals():
     pass
   assert {s: signal.getsignal(s) for s in before} == before     # put back on exit
-  with train._StopSignals() as signals:
+  with guards.StopSignals() as signals:
     print("ready", flush=True)
     while signals.signum is None:
       time.sleep(0.01)

@@ -1,0 +1,59 @@
+"""model.dtype=bfloat16: the encoder and heads compute in bfloat16 while the parameters,
+BatchNorm statistics, loss and optimizer stay float32 (the flax examples' and big_vision's
+mixed-precision policy); one step from one state against the float32 step."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import digits
+from simclr_jax import parallel, train
+
+
+def _one_step(dtype: str, state0=None):
+  c = digits.get_config("tiny")
+  c.data.image_size = 16
+  c.train.num_devices = 2
+  c.train.batch_size = 16
+  c.model.dtype = dtype
+  setup = train.build(c, 1437)
+  init_rng, augment_key = train.run_keys(0)
+  if state0 is None:
+    state0 = jax.device_get(train.init_state(setup, init_rng))
+  state = jax.device_put(state0, parallel.replicated(setup.mesh))
+  batch = {"image": np.random.default_rng(1).uniform(size=(16, 16, 16, 1)).astype(np.float32),
+           "label": np.arange(16) % 10, "id": np.arange(16)}
+  step = train.make_train_step(setup, augment_key)
+  device_batch = train._device_batch(setup.mesh, batch)  # pylint: disable=protected-access
+  hlo = step.lower(state, device_batch).as_text()
+  new, metrics = step(state, device_batch)
+  return state0, jax.device_get(new), jax.device_get(metrics), hlo
+
+
+def test_bfloat16_step_keeps_float32_state_and_stays_near_the_float32_loss():
+  state0, new32, m32, hlo32 = _one_step("float32")
+  _, new16, m16, hlo16 = _one_step("bfloat16", state0)
+  # The convolutions really run in bfloat16 (and not in the float32 step).
+  assert re.search(r"stablehlo.convolution.*bf16", hlo16) and "bf16" not in hlo32
+  for tree in (new16.params, new16.batch_stats, new16.opt_state):
+    dtypes = {x.dtype for x in jax.tree.leaves(tree) if hasattr(x, "dtype") and x.ndim}
+    assert dtypes <= {jnp.dtype(jnp.float32)}, dtypes
+  assert jnp.dtype(m16["loss"].dtype) == jnp.float32
+  # bfloat16 keeps 8 bits of mantissa (relative rounding 2^-9 per operation): the loss of the
+  # same batch from the same parameters agrees to about a percent, not to float32's 1e-6.
+  assert np.isfinite(m16["loss"])
+  rel = abs(float(m16["loss"]) - float(m32["loss"])) / float(m32["loss"])
+  assert rel < 2e-2, (float(m16["loss"]), float(m32["loss"]))
+  assert rel > 0          # a bfloat16 step that equalled float32 bitwise would not be one
+  # The update points the same way: the parameter change of the bfloat16 step is close to the
+  # float32 one (cosine over all parameters).
+  d16 = np.concatenate([np.ravel(b - a) for a, b in zip(jax.tree.leaves(state0.params),
+                                                          jax.tree.leaves(new16.params))])
+  d32 = np.concatenate([np.ravel(b - a) for a, b in zip(jax.tree.leaves(state0.params),
+                                                          jax.tree.leaves(new32.params))])
+  cosine = float(d16 @ d32 / (np.linalg.norm(d16) * np.linalg.norm(d32)))
+  assert cosine > 0.95, cosine
