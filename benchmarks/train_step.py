@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import re
@@ -173,10 +172,9 @@ def run_worker(args) -> dict:
   """One process: the peaks, or every (recipe, dtype, conv_impl) at one device count."""
   from simclr_jax import parallel
   if args.worker == "step" and args.devices == "default":
-    # What scripts/pretrain.py does (a no-op off CPU hosts): as many emulated devices, up to 8
-    # per core, as divide the batch; one count for every recipe of this worker.
-    batches = [args.batch or RECIPE_BATCH[r] for r in args.recipes.split(",")]
-    parallel.use_all_cpu_cores(batch_size=math.gcd(*batches))
+    # Off a CPU host a no-op, as in scripts/pretrain.py; on a CPU host the parent has set
+    # JAX_NUM_CPU_DEVICES to the count scripts/pretrain.py picks for this worker's recipe.
+    parallel.use_all_cpu_cores()
   import jax
   info = host_info()
   if args.worker == "peaks":
@@ -338,10 +336,19 @@ def main(argv=None):
   on_cpu = peaks.get("platform", "cpu") == "cpu"
 
   rows, workers = [], []
+  jobs = []                               # (devices arg, recipes, CPU device count or None)
   for devices in args.devices.split(","):
-    env_devices = devices if devices != "default" and on_cpu else None
-    w = _spawn(me + common + ["--worker", "step", "--devices", devices], env_devices,
-               args.timeout)
+    if devices == "default" and on_cpu:   # the count scripts/pretrain.py picks, per recipe
+      from simclr_jax import parallel
+      for recipe in args.recipes.split(","):
+        n = parallel.cpu_device_count(args.batch or RECIPE_BATCH[recipe])
+        jobs.append((devices, recipe, str(n)))
+    else:
+      jobs.append((devices, args.recipes, devices if on_cpu and devices != "default" else None))
+  for devices, recipes, env_devices in jobs:
+    argv = me + common + ["--worker", "step", "--devices", devices]
+    argv[argv.index("--recipes") + 1] = recipes
+    w = _spawn(argv, env_devices, args.timeout)
     workers.append({k: v for k, v in w.items() if k != "rows"} | {"devices_arg": devices})
     rows += w.get("rows", [])
   result["workers"] = workers

@@ -103,8 +103,9 @@ def get_config(arg=None):
   c.train.batch_size = 256          # global batch (all devices, all hosts)
   c.train.epochs = 100
   c.train.steps = 0                 # > 0 overrides epochs
-  # 0 = all devices. On a CPU-only host the scripts emulate the devices: N when set, else as
-  # many as divide the per-process batch, up to 8 per core (the faster CPU path; README § Speed).
+  # 0 = all devices. On a CPU-only host the scripts emulate the devices: N when set, else the
+  # most (1-8 per core) that split the per-process batch into shares of 16 or more, the faster
+  # CPU path (simclr_jax/parallel.cpu_device_count).
   c.train.num_devices = 0
   c.train.log_every = 10
   c.train.checkpoint_every = 500

@@ -16,24 +16,31 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA = "data"
 
 
-# Emulated XLA CPU devices per core at most: the batch is split over them (shard_map, global
-# BatchNorm and NT-Xent over all of them, so the step computes the same thing). XLA:CPU's
-# convolutions run faster on small per-device batches, whose activations stay in the caches,
-# than on one large batch per core; benchmarks/README.md has the measured rates per count.
+# Emulated XLA CPU devices: the batch is split over them (shard_map, with BatchNorm statistics
+# and NT-Xent negatives from all of them, so the step computes the same thing on any count).
+# XLA:CPU's convolutions run faster on small per-device batches than on one large batch per
+# core (a ResNet-18 CIFAR step at batch 256: 16 devices 1.6x the rate of 2 on 2 cores), but
+# too small a one costs more than it gains (a ResNet-50 at 128x128, batch 32: 16 devices ran
+# at 0.8x of 2); benchmarks/README.md has the rates.
 MAX_CPU_DEVICES_PER_CORE = 8
+MIN_CPU_BATCH_PER_DEVICE = 16
 
 
 def cpu_device_count(batch_size: int | None = None, processes: int = 1,
                      cores: int | None = None) -> int:
-  """CPU devices for a batch of `batch_size` split over `processes`: the largest count up to
-  MAX_CPU_DEVICES_PER_CORE per core that divides the per-process batch; one per core without a
-  batch (or when the processes do not divide it: the batch check then names the problem)."""
+  """CPU devices for a batch of `batch_size` split over `processes`: the largest count, at
+  least one per core and at most MAX_CPU_DEVICES_PER_CORE per core, that divides the
+  per-process batch into shares of MIN_CPU_BATCH_PER_DEVICE or more; else the largest divisor
+  up to one per core. One per core without a batch (or when the processes do not divide it:
+  the batch check then names the problem)."""
   cores = cores or os.cpu_count() or 1
   if not batch_size or batch_size % processes:
     return cores
   local = batch_size // processes
-  return max(n for n in range(1, min(local, MAX_CPU_DEVICES_PER_CORE * cores) + 1)
-             if local % n == 0)
+  divisors = [n for n in range(1, min(local, MAX_CPU_DEVICES_PER_CORE * cores) + 1)
+              if local % n == 0]
+  many = [n for n in divisors if n >= cores and local // n >= MIN_CPU_BATCH_PER_DEVICE]
+  return max(many) if many else max(n for n in divisors if n <= cores)
 
 
 def use_all_cpu_cores(num_devices: int | None = None, batch_size: int | None = None,

@@ -20,6 +20,7 @@ def _one_step(dtype: str, state0=None):
   c.train.num_devices = 2
   c.train.batch_size = 16
   c.model.dtype = dtype
+  c.optim.warmup_epochs = 0.0       # a real update at step 1 (warm-up starts at lr 0)
   setup = train.build(c, 1437)
   init_rng, augment_key = train.run_keys(0)
   if state0 is None:
@@ -49,11 +50,14 @@ def test_bfloat16_step_keeps_float32_state_and_stays_near_the_float32_loss():
   rel = abs(float(m16["loss"]) - float(m32["loss"])) / float(m32["loss"])
   assert rel < 2e-2, (float(m16["loss"]), float(m32["loss"]))
   assert rel > 0          # a bfloat16 step that equalled float32 bitwise would not be one
-  # The update points the same way: the parameter change of the bfloat16 step is close to the
-  # float32 one (cosine over all parameters).
+  assert float(m16["learning_rate"]) > 0 and float(m16["l2_updates"]) > 0
+  np.testing.assert_allclose(m16["l2_grads"], m32["l2_grads"], rtol=2e-2)
+  # The update points the same way as the float32 one (cosine over all parameters): rounding
+  # the activations of this 1/8-width net turns it by some degrees, whereas an unrelated or
+  # wrong-signed update would have a cosine near 0 or below.
   d16 = np.concatenate([np.ravel(b - a) for a, b in zip(jax.tree.leaves(state0.params),
                                                           jax.tree.leaves(new16.params))])
   d32 = np.concatenate([np.ravel(b - a) for a, b in zip(jax.tree.leaves(state0.params),
                                                           jax.tree.leaves(new32.params))])
   cosine = float(d16 @ d32 / (np.linalg.norm(d16) * np.linalg.norm(d32)))
-  assert cosine > 0.95, cosine
+  assert cosine > 0.8, cosine
