@@ -8,9 +8,9 @@ this times `simclr_jax.train.make_train_step` (two on-device augmented views, en
 projection, NT-Xent, online head where the config has one, gradients, optimizer update) on a
 random batch already on the devices:
 - per device count (--devices: 1, 2, 'default' = what scripts/pretrain.py uses, i.e. on a CPU
-  host as many emulated devices as divide the batch, up to 8 per core), each in its own
-  process, because the number of CPU devices is fixed when the backend starts; on a GPU/TPU
-  host a number means the first N devices;
+  host the count simclr_jax/parallel.cpu_device_count picks for the recipe's batch), each in
+  its own process, because the number of CPU devices is fixed when the backend starts; on a
+  GPU/TPU host a number means the first N devices;
 - per compute dtype (model.dtype) and convolution path (model.conv_impl);
 - compile time apart (lower + compile), then views/s (2 views per image) over --steps steps
   after --warmup steps, blocking on the result;
@@ -299,7 +299,7 @@ def main(argv=None):
   p.add_argument("--recipes", default="cifar10,sdo")
   p.add_argument("--devices", default="1,2,default",
                  help="device counts, one process each; 'default' = what scripts/pretrain.py "
-                      "starts: on a CPU host, as many as divide the batch, up to 8 per core")
+                      "starts (on a CPU host: parallel.cpu_device_count of the batch)")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--conv-impls", default="xla",
                  help="model.conv_impl values ('' = the config's own); duplicates after "
@@ -336,15 +336,15 @@ def main(argv=None):
   on_cpu = peaks.get("platform", "cpu") == "cpu"
 
   rows, workers = [], []
+  from simclr_jax import parallel
   jobs = []                               # (devices arg, recipes, CPU device count or None)
   for devices in args.devices.split(","):
     if devices == "default" and on_cpu:   # the count scripts/pretrain.py picks, per recipe
-      from simclr_jax import parallel
       for recipe in args.recipes.split(","):
         n = parallel.cpu_device_count(args.batch or RECIPE_BATCH[recipe])
         jobs.append((devices, recipe, str(n)))
     else:
-      jobs.append((devices, args.recipes, devices if on_cpu and devices != "default" else None))
+      jobs.append((devices, args.recipes, devices if on_cpu else None))
   for devices, recipes, env_devices in jobs:
     argv = me + common + ["--worker", "step", "--devices", devices]
     argv[argv.index("--recipes") + 1] = recipes

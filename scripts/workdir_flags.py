@@ -156,9 +156,9 @@ def require_run(workdir: str) -> None:
 
 def start(argv, workdir: str, config, purpose: str) -> None:
   """What linear_eval and finetune do before any work: refuse stray arguments and a workdir
-  without a pretraining run, quiet the libraries' logs, one CPU device per core, the compilation cache, then the
-  config check (simclr_jax/validate.py) and the checkpoint eval.checkpoint names
-  (simclr_jax/resume.py)."""
+  without a pretraining run, quiet the libraries' logs, the CPU devices for the config's batch
+  and the compilation cache (simclr_jax/parallel.py), then the config check
+  (simclr_jax/validate.py) and the checkpoint eval.checkpoint names (simclr_jax/resume.py)."""
   no_extra_args(argv)
   if _unreadable:
     raise validate.ConfigError(validate.one_line(_unreadable[0]))

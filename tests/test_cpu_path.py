@@ -4,6 +4,7 @@ devices it picks, and that the step it runs is the one-device step."""
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 
