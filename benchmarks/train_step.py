@@ -8,13 +8,15 @@ this times `simclr_jax.train.make_train_step` (two on-device augmented views, en
 projection, NT-Xent, online head where the config has one, gradients, optimizer update) on a
 random batch already on the devices:
 - per device count (--devices: 1, 2, 'default' = what scripts/pretrain.py uses, i.e. on a CPU
-  host the count simclr_jax/parallel.cpu_device_count picks for the recipe's batch), each in
+  host the count simclr_jax/parallel.cpu_devices_for picks for the recipe's config), each in
   its own process, because the number of CPU devices is fixed when the backend starts; on a
   GPU/TPU host a number means the first N devices;
-- per compute dtype (model.dtype) and convolution path (model.conv_impl);
+- per compute dtype (model.dtype) and convolution path (model.conv_impl: 'auto' = oneDNN's
+  convolutions on a CPU host in float32, models/onednn.py; 'xla' = XLA's own);
 - compile time apart (lower + compile), then views/s (2 views per image) over --steps steps
   after --warmup steps, blocking on the result;
-- the step's FLOPs (XLA's cost analysis of the compiled step, summed over devices) and its
+- the step's FLOPs (XLA's cost analysis of the compiled step on XLA's convolutions, summed
+  over devices: it counts nothing inside oneDNN's custom calls) and its
   peak memory per device (arguments + outputs + temporaries - donated aliases, from XLA's
   memory analysis);
 - the machine's float32 and bfloat16 matmul peak (best of several jitted 2048x2048 dots), in
@@ -141,6 +143,13 @@ def measure_step(recipe: str, batch: int, dtype: str, conv_impl: str | None, ste
 
   # XLA:CPU and XLA:GPU analyse the partitioned (per-device) program: scale to the whole step.
   flops_device = _cost(compiled)
+  if simclr_model.conv_impl(config.model) == "onednn":
+    # XLA counts no FLOPs in custom calls: take them from the same step on XLA's convolutions.
+    config.model.conv_impl = "xla"
+    xla_setup = train.build(config, num_train_examples=100 * batch)
+    flops_device = _cost(train.make_train_step(xla_setup, augment_key).lower(
+        state, device_batch).compile())
+    config.model.conv_impl = conv_impl
   mem = compiled.memory_analysis()
   memory = None
   if mem is not None:
@@ -301,7 +310,7 @@ def main(argv=None):
                  help="device counts, one process each; 'default' = what scripts/pretrain.py "
                       "starts (on a CPU host: parallel.cpu_device_count of the batch)")
   p.add_argument("--dtypes", default="float32,bfloat16")
-  p.add_argument("--conv-impls", default="xla",
+  p.add_argument("--conv-impls", default="auto,xla",
                  help="model.conv_impl values ('' = the config's own); duplicates after "
                       "resolving 'auto' on this host are timed once")
   p.add_argument("--batch", type=int, default=0, help="override every recipe's batch (smoke)")
@@ -337,17 +346,22 @@ def main(argv=None):
 
   rows, workers = [], []
   from simclr_jax import parallel
-  jobs = []                               # (devices arg, recipes, CPU device count or None)
+  jobs = []          # (devices arg, recipes, dtypes, conv impls, CPU device count or None)
   for devices in args.devices.split(","):
     if devices == "default" and on_cpu:   # the count scripts/pretrain.py picks, per recipe
       for recipe in args.recipes.split(","):
-        n = parallel.cpu_device_count(args.batch or RECIPE_BATCH[recipe])
-        jobs.append((devices, recipe, str(n)))
+        for dtype in args.dtypes.split(","):
+          for impl in args.conv_impls.split(",") if args.conv_impls else [None]:
+            n = parallel.cpu_devices_for(recipe_config(recipe, args.batch, dtype, impl))
+            jobs.append((devices, recipe, dtype, impl, str(n)))
     else:
-      jobs.append((devices, args.recipes, devices if on_cpu else None))
-  for devices, recipes, env_devices in jobs:
+      jobs.append((devices, args.recipes, args.dtypes, args.conv_impls,
+                   devices if on_cpu else None))
+  for devices, recipes, dtypes, impls, env_devices in jobs:
     argv = me + common + ["--worker", "step", "--devices", devices]
     argv[argv.index("--recipes") + 1] = recipes
+    argv[argv.index("--dtypes") + 1] = dtypes
+    argv[argv.index("--conv-impls") + 1] = impls or ""
     w = _spawn(argv, env_devices, args.timeout)
     workers.append({k: v for k, v in w.items() if k != "rows"} | {"devices_arg": devices})
     rows += w.get("rows", [])

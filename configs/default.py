@@ -58,7 +58,7 @@ def get_config(arg=None):
   c.model.feat_dim = 128            # projection output z
   c.model.proj_layers = 2           # 2 = SimCLR v1, 3 = SimCLR v2
   c.model.dtype = "float32"         # float32 | bfloat16 (activations)
-  c.model.conv_impl = "xla"         # xla | im2col (faster on some CPUs) | auto (im2col on CPU)
+  c.model.conv_impl = "auto"        # auto (onednn on CPU for float32, else xla) | onednn | xla | im2col
   c.model.online_head = False       # train a classifier on stop_gradient(h) when labels exist
   c.model.online_hidden = 128       # 0 = linear online head
   c.model.online_dropout = 0.0

@@ -59,14 +59,25 @@ def use_all_cpu_cores(num_devices: int | None = None, batch_size: int | None = N
     pass
 
 
-def use_cpu_path_for(config) -> None:
-  """`use_all_cpu_cores` for a run of `config`: train.num_devices when set, else a count that
-  divides the per-process share of train.batch_size (the process count as the config or the
-  JAX_NUM_PROCESSES variable gives it)."""
+def cpu_devices_for(config) -> int:
+  """The CPU device count the scripts start for a run of `config`: train.num_devices when set;
+  one per process when the convolutions run by oneDNN, which threads each one over all cores
+  itself (emulated devices would run concurrent calls that split the cores: measured slower);
+  else `cpu_device_count` of the per-process share of train.batch_size (the process count as
+  the config or the JAX_NUM_PROCESSES variable gives it)."""
   from simclr_jax import distributed
+  from simclr_jax.models import simclr as simclr_model
+  if int(config.train.num_devices):
+    return int(config.train.num_devices)
+  if simclr_model.conv_impl(config.model, platform="cpu") == "onednn":
+    return 1
   processes = distributed.distributed_settings(config).get("num_processes", 1)
-  use_all_cpu_cores(int(config.train.num_devices) or None, int(config.train.batch_size),
-                    processes)
+  return cpu_device_count(int(config.train.batch_size), processes)
+
+
+def use_cpu_path_for(config) -> None:
+  """`use_all_cpu_cores` with `cpu_devices_for(config)` devices (before the first JAX op)."""
+  use_all_cpu_cores(cpu_devices_for(config))
 
 
 def use_compilation_cache(path: str | None = None) -> str:

@@ -17,3 +17,7 @@ import tempfile  # noqa: E402
 XLA_CACHE = os.environ.setdefault("SIMCLR_JAX_TEST_XLA_CACHE",
                                   tempfile.mkdtemp(prefix="simclr_jax_xla_cache_"))
 jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+# The oneDNN convolution handlers, built once for the session (and its child processes, which
+# inherit the variable) instead of under the user's ~/.cache.
+os.environ.setdefault("SIMCLR_JAX_ONEDNN_BUILD_DIR",
+                      tempfile.mkdtemp(prefix="simclr_jax_onednn_build_"))

@@ -1,4 +1,5 @@
-"""im2col convolutions (models/conv.py) against XLA's own convolution, op by op and in a step."""
+"""The convolution paths other than XLA's own, im2col (models/conv.py) and oneDNN
+(models/onednn.py), against XLA's convolution: op by op, under shard_map, and in a step."""
 
 
 import jax
@@ -8,27 +9,44 @@ import pytest
 
 from configs import digits
 from simclr_jax import parallel, train
-from simclr_jax.models import conv, resnet
+from simclr_jax.models import conv, onednn, resnet
+from simclr_jax.models import simclr as simclr_model
+from tests import helpers
+
+IMPLS = {"im2col": conv.conv_general_dilated, "onednn": onednn.conv_general_dilated}
+DN = ("NHWC", "HWIO", "NHWC")
 
 # (kernel, stride, padding) of every convolution a ResNet has: CIFAR and ImageNet stems, the
 # blocks' 3x3 convs, 1x1 bottleneck and strided shortcut convs.
 CASES = [((3, 3), 1, ((1, 1), (1, 1))), ((3, 3), 2, ((1, 1), (1, 1))),
          ((1, 1), 1, "VALID"), ((1, 1), 2, "VALID"), ((7, 7), 2, ((3, 3), (3, 3)))]
+# Forms only the oneDNN path takes: flax's 'SAME' (asymmetric for stride 2), uneven explicit pads.
+ONEDNN_CASES = [((3, 3), 2, "SAME"), ((3, 3), 1, ((0, 2), (1, 0))), ((5, 5), 3, ((2, 1), (2, 2)))]
 
 
-@pytest.mark.parametrize("kernel,stride,padding", CASES)
-def test_conv_and_its_gradients_equal_xla(kernel, stride, padding):
+def _runs_on_onednn(fn, *args) -> bool:
+  hlo = jax.jit(fn).lower(*args).as_text()
+  return "simclr_onednn_conv_forward" in hlo and "convolution" not in hlo
+
+
+@pytest.mark.parametrize("impl,kernel,stride,padding",
+                         [(i, *c) for i in IMPLS for c in CASES]
+                         + [("onednn", *c) for c in ONEDNN_CASES])
+def test_conv_and_its_gradients_equal_xla(impl, kernel, stride, padding):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(3, 9, 10, 5)), jnp.float32)   # odd sizes: edge windows
   w = jnp.asarray(rng.normal(size=kernel + (5, 7)), jnp.float32)
-  dn = ("NHWC", "HWIO", "NHWC")
 
   def xla(x, w):
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn)
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
 
   def ours(x, w):
-    return conv.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=dn)
+    return IMPLS[impl](x, w, (stride, stride), padding, dimension_numbers=DN)
 
+  if impl == "onednn":   # the custom calls, not a fallback to XLA, are what is compared
+    assert _runs_on_onednn(ours, x, w)
+    assert "simclr_onednn_conv_backward_weights" in jax.jit(
+        jax.grad(lambda x, w: ours(x, w).sum(), argnums=1)).lower(x, w).as_text()
   want = xla(x, w)
   np.testing.assert_allclose(ours(x, w), want, rtol=1e-5, atol=1e-5)
   ct = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
@@ -36,15 +54,60 @@ def test_conv_and_its_gradients_equal_xla(kernel, stride, padding):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-4)
 
 
-def test_unsupported_forms_fall_back_to_xla():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unsupported_forms_fall_back_to_xla(impl):
   x = jnp.ones((1, 6, 6, 4))
   w = jnp.ones((3, 3, 2, 4))
-  got = conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                  feature_group_count=2)
+  got = IMPLS[impl](x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                    feature_group_count=2)
   want = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                       feature_group_count=2)
   np.testing.assert_array_equal(got, want)
+
+
+def test_onednn_conv_under_shard_map_equals_one_device():
+  """A kernel replicated over 8 devices meets per-device activations: the loss and the kernel
+  gradient (summed over the devices by the cast's transpose) equal one device's on XLA."""
+  mesh = parallel.make_mesh(8)
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(16, 9, 9, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 5)), jnp.float32)
+
+  def loss(conv_fn, axis=None):
+    def f(w, x):
+      s = jnp.sum(jnp.sin(conv_fn(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)))
+      return jax.lax.psum(s, axis) if axis else s
+    return jax.value_and_grad(f)
+
+  sharded = jax.jit(jax.shard_map(loss(onednn.conv_general_dilated, "data"), mesh=mesh,
+                                  in_specs=(jax.P(), jax.P("data")), out_specs=jax.P()))
+  assert "simclr_onednn_conv_backward_weights" in sharded.lower(w, x).as_text()
+  (got, g_got), (want, g_want) = sharded(w, x), jax.jit(loss(jax.lax.conv_general_dilated))(w, x)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(g_got, g_want, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_onednn_on_cpu_in_float32_only():
+  assert simclr_model.conv_impl({"conv_impl": "auto", "dtype": "float32"}) == "onednn"
+  assert simclr_model.conv_impl({"conv_impl": "auto", "dtype": "bfloat16"}) == "xla"
+  assert simclr_model.conv_impl({"conv_impl": "auto", "dtype": "float32"}, "gpu") == "xla"
+  assert simclr_model.conv_impl({}) == "xla"        # workdirs from before the field
+
+
+def test_a_host_that_cannot_build_the_handlers_keeps_xla(tmp_path):
+  """No usable compiler: 'auto' resolves to XLA's convolution (and the scripts to the emulated
+  device rule), an explicit 'onednn' is a one-line error naming the field and the cause."""
+  code = ("from simclr_jax.models import simclr; from configs import cifar10; "
+          "from simclr_jax import parallel; c = cifar10.get_config(); "
+          "print(simclr.conv_impl(c.model, 'cpu'), parallel.cpu_devices_for(c)); "
+          "c.model.conv_impl = 'onednn'; simclr.conv_impl(c.model, 'cpu')")
+  out = helpers.run_python(["-c", code], CXX="/bin/false",
+                           SIMCLR_JAX_ONEDNN_BUILD_DIR=str(tmp_path))
+  assert out.stdout.split() == ["xla", str(parallel.cpu_device_count(256))], out
+  assert "ValueError: model.conv_impl='onednn': oneDNN convolutions unavailable: building" \
+      in out.stderr, out.stderr
+  assert not list(tmp_path.glob("*.so"))
 
 
 def test_conv_impl_is_checked():
@@ -53,7 +116,8 @@ def test_conv_impl_is_checked():
     m.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False)
 
 
-def test_train_step_with_im2col_equals_xla_step():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_train_step_equals_xla_step(impl):
   """The whole SimCLR step (views, encoder, head, NT-Xent, LARS) from one state on 2 devices:
   same parameter tree, same loss, same gradient norm and update, whichever convolution."""
   c = digits.get_config("tiny")
@@ -65,16 +129,16 @@ def test_train_step_with_im2col_equals_xla_step():
   state0 = None
   batch = {"image": np.random.default_rng(1).uniform(size=(16, 16, 16, 1)).astype(np.float32),
            "label": np.arange(16) % 10, "id": np.arange(16)}
-  for impl in ("xla", "im2col"):
-    c.model.conv_impl = impl
+  for name in ("xla", impl):
+    c.model.conv_impl = name
     setup = train.build(c, 1437)
     if state0 is None:
       state0 = jax.device_get(train.init_state(setup, init_rng))
     state = jax.device_put(state0, parallel.replicated(setup.mesh))
     new, metrics = train.make_train_step(setup, augment_key)(
         state, train._device_batch(setup.mesh, batch))
-    out[impl] = jax.device_get((new, metrics))
-  (s_x, m_x), (s_i, m_i) = out["xla"], out["im2col"]
+    out[name] = jax.device_get((new, metrics))
+  (s_x, m_x), (s_i, m_i) = out["xla"], out[impl]
   assert jax.tree.structure(s_x.params) == jax.tree.structure(s_i.params)
   for k in ("loss", "contrastive_accuracy", "l2_grads", "l2_updates"):
     np.testing.assert_allclose(m_i[k], m_x[k], rtol=1e-4, err_msg=k)

@@ -1,5 +1,6 @@
-"""The default CPU path (simclr_jax/parallel.py: emulated devices, up to 8 per core): how many
-devices it picks, and that the step it runs is the one-device step."""
+"""The CPU paths the scripts start (simclr_jax/parallel.py): oneDNN's convolutions on one device
+per process, else XLA's on emulated devices (up to 8 per core); how many devices each picks,
+and that the step each runs is the plain one-device step on XLA's convolutions."""
 
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def test_cpu_device_count(batch, processes, cores, want):
 
 # One train step of the tiny digits config (16x16, ResNet-18 at width 1/8, LARS, batch 64),
 # from the seed's state, in a child process started the way scripts/pretrain.py starts
-# (`use_cpu_path_for`, or the device count of argv[2]); writes the metrics, the parameters
-# before and after the step, and the device count.
+# (`use_cpu_path_for`, or the device count of argv[2]) with model.conv_impl argv[3]; writes the
+# metrics, the parameters before and after the step, the device count and the convolution.
 _CHILD = r"""
 import json, sys
 import numpy as np
@@ -43,9 +44,11 @@ c = digits.get_config("tiny")
 c.data.image_size = 16
 c.train.batch_size = 64
 c.train.num_devices = int(sys.argv[2])
+c.model.conv_impl = sys.argv[3]
 parallel.use_cpu_path_for(c)
 import jax
 from simclr_jax import train
+from simclr_jax.models import simclr
 setup = train.build(c, 1437)
 init_rng, augment_key = train.run_keys(0)
 state0 = train.init_state(setup, init_rng)
@@ -59,18 +62,21 @@ new, metrics = step(state0, device_batch)
 leaves = lambda t: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(t))]
 np.savez(sys.argv[1], *leaves(before), *leaves(new.params))
 print("METRICS " + json.dumps({k: float(v) for k, v in jax.device_get(metrics).items()}
-                               | {"devices": int(setup.mesh.devices.size)}))
+                               | {"devices": int(setup.mesh.devices.size),
+                                  "conv": simclr.conv_impl(c.model)}))
 """
 
 
-def test_the_default_cpu_path_computes_the_one_device_step(tmp_path):
-  """The default start splits the batch of 64 over several emulated devices (4 on a 2-core
-  host; BatchNorm statistics and NT-Xent negatives come from all of them); its step from the
-  seed's state equals the step on one device: the same loss, gradient norm and update, up to
-  summation order."""
+@pytest.mark.parametrize("conv,want_devices", [("auto", 1), ("xla", parallel.cpu_device_count(64))])
+def test_the_default_cpu_path_computes_the_one_device_step(tmp_path, conv, want_devices):
+  """The default start ('auto': oneDNN's convolutions, one device) and the start on XLA's
+  convolutions (the batch of 64 split over 4 emulated devices on a 2-core host, BatchNorm
+  statistics and NT-Xent negatives from all of them): each one's step from the seed's state
+  equals the plain step on one device with XLA's convolutions: the same loss, gradient norm
+  and update, up to summation order."""
   out = {}
-  for name, devices in (("default", 0), ("one", 1)):
-    proc = run_python(["-c", _CHILD, str(tmp_path / f"{name}.npz"), str(devices)])
+  for name, devices, impl in (("default", 0, conv), ("one", 1, "xla")):
+    proc = run_python(["-c", _CHILD, str(tmp_path / f"{name}.npz"), str(devices), impl])
     assert proc.returncode == 0, proc.stderr[-3000:]
     (line,) = [l for l in proc.stdout.splitlines() if l.startswith("METRICS ")]
     out[name] = json.loads(line[len("METRICS "):])
@@ -78,8 +84,8 @@ def test_the_default_cpu_path_computes_the_one_device_step(tmp_path):
       arrays = [z[f"arr_{i}"] for i in range(len(z.files))]
     out[name]["before"], out[name]["after"] = arrays[:len(arrays) // 2], arrays[len(arrays) // 2:]
   ours, one = out["default"], out["one"]
-  assert one["devices"] == 1
-  assert ours["devices"] == parallel.cpu_device_count(64) > 1, ours["devices"]
+  assert (one["devices"], one["conv"]) == (1, "xla")
+  assert (ours["devices"], ours["conv"]) == (want_devices, "onednn" if conv == "auto" else "xla")
   for k in ("loss", "contrastive_accuracy", "l2_grads", "l2_updates"):
     np.testing.assert_allclose(ours[k], one[k], rtol=1e-4, err_msg=k)
   for p0, q0 in zip(one["before"], ours["before"]):

@@ -15,10 +15,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from simclr_jax.models import conv as conv_lib
+from simclr_jax.models import onednn
 
 ModuleDef = Any
 
-CONV_IMPLS = {"xla": None, "im2col": conv_lib.conv_general_dilated}   # None: flax's default
+CONV_IMPLS = {"xla": None, "im2col": conv_lib.conv_general_dilated,   # None: flax's default
+              "onednn": onednn.conv_general_dilated}
 
 # torchvision's init (kaiming_normal_, fan_out, relu): keeps activations of freshly initialised
 # deep ResNets at a sane scale, which matters for SimCLR's large-batch LARS warmup.

@@ -88,13 +88,22 @@ def compute_dtype(name: str):
   return _DTYPES[name]
 
 
-def conv_impl(model_cfg) -> str:
-  """model.conv_impl, with 'auto' resolved for this host: im2col on CPUs, where XLA's own
-  convolutions run far below its matmul speed; XLA's convolution on GPUs and TPUs. Workdirs
-  written before the field existed used XLA's."""
+def conv_impl(model_cfg, platform: str | None = None) -> str:
+  """model.conv_impl, with 'auto' resolved for `platform` (default: this host's backend):
+  oneDNN's convolutions (models/onednn.py) on CPUs where they build and the encoder computes
+  in float32, as XLA:CPU's own run far below the CPU's matmul speed; XLA's convolution
+  elsewhere. Workdirs written before the field existed used XLA's."""
   impl = model_cfg.get("conv_impl", "xla")
   if impl == "auto":
-    return "im2col" if jax.default_backend() == "cpu" else "xla"
+    from simclr_jax.models import onednn
+    on_cpu = (platform or jax.default_backend()) == "cpu"
+    usable = on_cpu and model_cfg.get("dtype", "float32") == "float32"
+    return "onednn" if usable and not onednn.unavailable() else "xla"
+  if impl == "onednn":
+    from simclr_jax.models import onednn
+    if onednn.unavailable():
+      raise ValueError(f"model.conv_impl='onednn': {onednn.unavailable()}; "
+                       "expected 'auto' or 'xla' on this host")
   return impl
 
 
