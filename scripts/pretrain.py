@@ -48,9 +48,9 @@ def main(argv):
   if workdir_flags.verbose():
     logging.info("config:\n%s", config)
   validate.check_fields(config)           # before the distributed start reads its fields
-  parallel.use_cpu_path_for(config)
   parallel.use_compilation_cache()
   try:
+    parallel.use_cpu_path_for(config)     # model.conv_impl='onednn' where it cannot build
     distributed.initialize_distributed(config)
   except ValueError as e:
     raise validate.ConfigError(validate.one_line(e)) from None

@@ -164,7 +164,10 @@ def start(argv, workdir: str, config, purpose: str) -> None:
     raise validate.ConfigError(validate.one_line(_unreadable[0]))
   require_run(workdir)
   logs.quiet_libraries()
-  parallel.use_cpu_path_for(config)
+  try:
+    parallel.use_cpu_path_for(config)     # model.conv_impl='onednn' where it cannot build
+  except ValueError as e:
+    raise validate.ConfigError(validate.one_line(e)) from None
   parallel.use_compilation_cache()
   if verbose():
     from absl import logging

@@ -2,6 +2,8 @@
 (models/onednn.py), against XLA's convolution: op by op, under shard_map, and in a step."""
 
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,6 +110,15 @@ def test_a_host_that_cannot_build_the_handlers_keeps_xla(tmp_path):
   assert "ValueError: model.conv_impl='onednn': oneDNN convolutions unavailable: building" \
       in out.stderr, out.stderr
   assert not list(tmp_path.glob("*.so"))
+  workdir = tmp_path / "run"
+  proc = helpers.run_python(
+      ["scripts/pretrain.py", "--config", "configs/digits.py:tiny", "--workdir", workdir,
+       "--config.model.conv_impl=onednn"], CXX="/bin/false",
+      SIMCLR_JAX_ONEDNN_BUILD_DIR=str(tmp_path), timeout=120)
+  assert proc.returncode == 2, proc.stderr
+  assert re.search(r"^error: model\.conv_impl='onednn': oneDNN convolutions unavailable: "
+                   r"building .*; expected 'auto' or 'xla' on this host$", proc.stderr, re.M)
+  assert "Traceback" not in proc.stderr and not workdir.exists()
 
 
 def test_conv_impl_is_checked():
