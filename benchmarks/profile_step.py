@@ -3,6 +3,10 @@ convolutions of a ResNet-18 alone, forward and both gradients.
 
   python benchmarks/profile_step.py                     # cifar10 recipe, batch 64, 1 device
   python benchmarks/profile_step.py --recipe sdo --batch 8
+  python benchmarks/profile_step.py --conv-impl auto     # the CPU default: oneDNN's convolutions
+
+The step runs on XLA's convolutions unless --conv-impl says otherwise (oneDNN's appear as
+`ffi_call` thunks).
 
 Part 1 traces two steps of `simclr_jax.train.make_train_step` (the recipe of
 benchmarks/train_step.py) with `jax.profiler.trace` and sums the XLA:CPU thunks of the
@@ -32,13 +36,13 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 
-def thunk_profile(recipe: str, batch: int) -> dict:
+def thunk_profile(recipe: str, batch: int, conv_impl: str) -> dict:
   import jax
   import numpy as np
   import train_step as bench
   from simclr_jax import train
 
-  config = bench.recipe_config(recipe, batch)
+  config = bench.recipe_config(recipe, batch, conv_impl=conv_impl)
   config.train.num_devices = 1
   setup = train.build(config, 100 * batch)
   init_key, augment_key = train.run_keys(0)
@@ -125,6 +129,8 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--recipe", default="cifar10")
   p.add_argument("--batch", type=int, default=64, help="images per step (2 views each)")
+  p.add_argument("--conv-impl", default="xla",
+                 help="model.conv_impl of the profiled step ('auto': the CPU default, oneDNN)")
   p.add_argument("--conv-batch", type=int, default=128, help="views per convolution timing")
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results",
@@ -134,7 +140,7 @@ def main(argv=None):
   result = {"host": {"device_kind": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
                      "jax": jax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                      "loadavg_start": os.getloadavg()},
-            "profile": thunk_profile(args.recipe, args.batch),
+            "profile": thunk_profile(args.recipe, args.batch, args.conv_impl),
             "conv_layers": conv_layers(args.conv_batch, args.repeats)}
   prof = result["profile"]
   lines = [f"{args.recipe}, batch {args.batch} ({2 * args.batch} views), 1 device: step "
