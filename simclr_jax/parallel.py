@@ -80,6 +80,12 @@ def use_cpu_path_for(config) -> None:
   use_all_cpu_cores(cpu_devices_for(config))
 
 
+def user_cache_dir(name: str) -> str:
+  """`$XDG_CACHE_HOME/simclr_jax/<name>` (default ~/.cache/simclr_jax/<name>)."""
+  cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(cache_home, "simclr_jax", name)
+
+
 def use_compilation_cache(path: str | None = None) -> str:
   """JAX's persistent compilation cache, so that a second start of the same config (a resume, a
   sweep point, an evaluation script) loads its executables instead of compiling them again.
@@ -92,11 +98,7 @@ def use_compilation_cache(path: str | None = None) -> str:
   """
   if os.environ.get("SIMCLR_JAX_COMPILATION_CACHE", "1") == "0":
     return ""
-  path = path or jax.config.jax_compilation_cache_dir
-  if not path:
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"),
-                                                                   ".cache")
-    path = os.path.join(cache_home, "simclr_jax", "xla")
+  path = path or jax.config.jax_compilation_cache_dir or user_cache_dir("xla")
   jax.config.update("jax_compilation_cache_dir", path)
   return path
 

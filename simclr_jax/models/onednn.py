@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from simclr_jax import parallel
+
 SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
 TARGETS = {"simclr_onednn_conv_forward": "SimclrOnednnConvForward",
            "simclr_onednn_conv_backward_data": "SimclrOnednnConvBackwardData",
@@ -48,10 +50,7 @@ def _locate(dist: str, suffix: str) -> str:
 
 
 def build_dir() -> str:
-  if os.environ.get("SIMCLR_JAX_ONEDNN_BUILD_DIR"):
-    return os.environ["SIMCLR_JAX_ONEDNN_BUILD_DIR"]
-  cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(cache_home, "simclr_jax", "onednn")
+  return os.environ.get("SIMCLR_JAX_ONEDNN_BUILD_DIR") or parallel.user_cache_dir("onednn")
 
 
 def _build() -> str:
@@ -81,8 +80,9 @@ def _build() -> str:
 
 
 @functools.cache
-def _registered() -> str:
-  """'' once the handlers are registered with XLA, else why they can't be."""
+def unavailable() -> str:
+  """Why this host can't run `conv_general_dilated` by oneDNN ('' once the handlers are
+  registered with XLA)."""
   if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
     return f"oneDNN convolutions are built for x86-64 Linux, not {platform.system()} " \
            f"{platform.machine()}"
@@ -94,11 +94,6 @@ def _registered() -> str:
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return ""
-
-
-def unavailable() -> str:
-  """Why this host can't run `conv_general_dilated` by oneDNN ('' when it can)."""
-  return _registered()
 
 
 def _attrs(strides, pads) -> dict:
@@ -159,10 +154,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   Anything else a ResNet does not use (dilations, groups, other dtypes or layouts, negative
   padding) goes to XLA's convolution.
   """
-  kh, kw = rhs.shape[:2] if rhs.ndim == 4 else (0, 0)
-  pads = (jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), window_strides, padding)
-          if isinstance(padding, str) else [tuple(p) for p in padding])
-  plain = (lhs.ndim == 4 and rhs.ndim == 4 and lhs.dtype == rhs.dtype == jnp.float32
+  plain = lhs.ndim == rhs.ndim == 4
+  pads = ((jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+           if isinstance(padding, str) else [tuple(p) for p in padding]) if plain else [])
+  plain = (plain and lhs.dtype == rhs.dtype == jnp.float32
            and (lhs_dilation is None or all(d == 1 for d in lhs_dilation))
            and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
            and feature_group_count == 1 and batch_group_count == 1

@@ -121,7 +121,7 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
 
 }  // namespace
 
-#define CONV_BINDING(first, second)                                                          \
+#define CONV_BINDING                                                                         \
   ffi::Ffi::Bind()                                                                           \
       .Arg<ffi::Buffer<ffi::F32>>()                                                          \
       .Arg<ffi::Buffer<ffi::F32>>()                                                          \
@@ -129,7 +129,7 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy,
       .Attr<int64_t>("sh").Attr<int64_t>("sw").Attr<int64_t>("pt").Attr<int64_t>("pb")       \
       .Attr<int64_t>("pl").Attr<int64_t>("pr")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrOnednnConvForward, Forward, CONV_BINDING(x, w));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrOnednnConvBackwardData, BackwardData, CONV_BINDING(dy, w));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrOnednnConvForward, Forward, CONV_BINDING);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrOnednnConvBackwardData, BackwardData, CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SimclrOnednnConvBackwardWeights, BackwardWeights,
-                              CONV_BINDING(x, dy));
+                              CONV_BINDING);
