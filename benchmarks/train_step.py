@@ -308,7 +308,7 @@ def main(argv=None):
   p.add_argument("--recipes", default="cifar10,sdo")
   p.add_argument("--devices", default="1,2,default",
                  help="device counts, one process each; 'default' = what scripts/pretrain.py "
-                      "starts (on a CPU host: parallel.cpu_device_count of the batch)")
+                      "starts (on a CPU host: parallel.cpu_devices_for the recipe's config)")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--conv-impls", default="auto,xla",
                  help="model.conv_impl values ('' = the config's own); duplicates after "
