@@ -43,11 +43,12 @@ def measure(name: str, config, repeats: int) -> dict:
   import numpy as np
 
   from simclr_jax import augment, parallel, train
+  from simclr_jax import state as state_lib
 
   c = config.data
-  setup = train.build(config, num_train_examples=100 * config.train.batch_size)
-  init_key, augment_key = train.run_keys(config.seed)
-  state = train.init_state(setup, init_key)
+  setup = state_lib.build(config, num_train_examples=100 * config.train.batch_size)
+  init_key, augment_key = state_lib.run_keys(config.seed)
+  state = state_lib.init_state(setup, init_key)
   b = config.train.batch_size
   rng = np.random.default_rng(0)
   lo, hi = c.value_range if c.value_range else (0.0, 1.0)
@@ -88,8 +89,8 @@ def main():
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "augment.json"))
   args = p.parse_args()
 
-  from simclr_jax import parallel
-  parallel.use_all_cpu_cores()
+  from simclr_jax import startup
+  startup.use_all_cpu_cores()
   import jax
 
   from configs import cifar10, sdo

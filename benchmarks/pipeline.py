@@ -78,12 +78,13 @@ def measure_pipeline(source, batch: int, workers: int, batches: int, seed: int =
 def measure_step(config, batch: int, iters: int, seed: int = 0) -> dict:
   import jax
   from simclr_jax import parallel, train
+  from simclr_jax import state as state_lib
   config = config.copy_and_resolve_references()
   config.train.batch_size = batch
-  setup = train.build(config, num_train_examples=batch * 100)
+  setup = state_lib.build(config, num_train_examples=batch * 100)
   init_rng, augment_key = jax.random.split(jax.random.PRNGKey(seed))
   t0 = time.perf_counter()
-  state = train.init_state(setup, init_rng)
+  state = state_lib.init_state(setup, init_rng)
   jax.block_until_ready(state)
   init_s = time.perf_counter() - t0
   step = train.make_train_step(setup, augment_key)
@@ -180,8 +181,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   workers = [int(w) for w in args.workers.split(",")]
 
-  from simclr_jax import parallel
-  parallel.use_all_cpu_cores()
+  from simclr_jax import startup
+  startup.use_all_cpu_cores()
   from configs import cifar10, sdo
   from simclr_jax.data import sources
 

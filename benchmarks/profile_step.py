@@ -41,19 +41,20 @@ def thunk_profile(recipe: str, batch: int, conv_impl: str) -> dict:
   import numpy as np
   import train_step as bench
   from simclr_jax import train
+  from simclr_jax import state as state_lib
 
   config = bench.recipe_config(recipe, batch, conv_impl=conv_impl)
   config.train.num_devices = 1
-  setup = train.build(config, 100 * batch)
-  init_key, augment_key = train.run_keys(0)
-  state = train.init_state(setup, init_key)
+  setup = state_lib.build(config, 100 * batch)
+  init_key, augment_key = state_lib.run_keys(0)
+  state = state_lib.init_state(setup, init_key)
   d = config.data
   lo, hi = d.value_range if d.value_range else (0.0, 1.0)
   rng = np.random.default_rng(0)
   host = {"image": rng.uniform(lo, hi, (batch, d.image_size, d.image_size, d.channels)
                                ).astype(np.float32),
           "label": np.zeros(batch, np.int32), "id": np.arange(batch)}
-  device_batch = train._device_batch(setup.mesh, host)   # pylint: disable=protected-access
+  device_batch = train.device_batch(setup.mesh, host)
   step = train.make_train_step(setup, augment_key)
   for _ in range(2):                                     # compile, then one warm step
     state, metrics = step(state, device_batch)

@@ -79,13 +79,14 @@ def pretrain_for(config, minutes: float, log_every: int):
   import jax
   import numpy as np
   from simclr_jax import train
+  from simclr_jax import state as state_lib
   from simclr_jax.data import pipeline, sources
 
   t_start = time.perf_counter()
   source = sources.make_source(config.data, config.data.train_split)
-  setup = train.build(config, len(source))
-  init_rng, augment_key = train.run_keys(config.seed)
-  state = train.init_state(setup, init_rng)
+  setup = state_lib.build(config, len(source))
+  init_rng, augment_key = state_lib.run_keys(config.seed)
+  state = state_lib.init_state(setup, init_rng)
   step_fn = train.make_train_step(setup, augment_key)
   data_iter = iter(pipeline.pretrain_dataset(
       source, global_batch_size=config.train.batch_size, seed=config.seed,
@@ -97,7 +98,7 @@ def pretrain_for(config, minutes: float, log_every: int):
   step_s = 0.0
   while time.perf_counter() + step_s < deadline:
     t0 = time.perf_counter()
-    batch = train._device_batch(setup.mesh, next(data_iter))
+    batch = train.device_batch(setup.mesh, next(data_iter))
     state, metrics = step_fn(state, batch)
     loss = float(jax.device_get(metrics["loss"]))   # one sync per step: the budget is wall time
     steps += 1
@@ -126,7 +127,8 @@ def pretrain_for(config, minutes: float, log_every: int):
 
 def probe_all(config, setup, state, probe: str) -> dict:
   import numpy as np
-  from simclr_jax import evaluate, train
+  from simclr_jax import evaluate
+  from simclr_jax import state as state_lib
   from simclr_jax.data import sources
 
   train_src = sources.make_source(config.data, config.data.train_split)
@@ -135,8 +137,9 @@ def probe_all(config, setup, state, probe: str) -> dict:
   ev = config.eval
   solver = "sklearn" if probe == "logistic" else "jax"
   feats = {
-      "pretrained": lambda: state,
-      "random_init": lambda: train.init_state(setup, train.run_keys(config.seed)[0]),
+      "pretrained": lambda: {"params": state.params, "batch_stats": state.batch_stats},
+      "random_init": lambda: state_lib.init_variables(setup.model, config.data, setup.mesh,
+                                                      state_lib.run_keys(config.seed)[0]),
   }
   out = {}
   for name in ("pretrained", "random_init", "raw_pixels"):
@@ -145,9 +148,9 @@ def probe_all(config, setup, state, probe: str) -> dict:
       x_tr = evaluate.raw_pixels(train_src, ev.batch_size)
       x_te = evaluate.raw_pixels(test_src, ev.batch_size)
     else:
-      st = feats[name]()
-      x_tr = evaluate.extract_features(setup, st, train_src, ev.batch_size)[0]
-      x_te = evaluate.extract_features(setup, st, test_src, ev.batch_size)[0]
+      v = feats[name]()
+      x_tr = evaluate.extract_features(setup.model, setup.mesh, v, train_src, ev.batch_size)[0]
+      x_te = evaluate.extract_features(setup.model, setup.mesh, v, test_src, ev.batch_size)[0]
     t1 = time.perf_counter()
     r = evaluate.fit_probe(x_tr, y_tr, x_te, y_te, tuple(ev.c_grid), ev.val_fraction,
                            config.seed, ev.select_by, solver)
@@ -175,9 +178,9 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "quality.json"))
   args = p.parse_args(argv)
 
-  from simclr_jax import logs, parallel
+  from simclr_jax import logs, startup
   logs.quiet_libraries()
-  parallel.use_all_cpu_cores()
+  startup.use_all_cpu_cores()
   import jax
 
   with tempfile.TemporaryDirectory() as tmp:

@@ -8,7 +8,7 @@ this times `simclr_jax.train.make_train_step` (two on-device augmented views, en
 projection, NT-Xent, online head where the config has one, gradients, optimizer update) on a
 random batch already on the devices:
 - per device count (--devices: 1, 2, 'default' = what scripts/pretrain.py uses, i.e. on a CPU
-  host the count simclr_jax/parallel.cpu_devices_for picks for the recipe's config), each in
+  host the count simclr_jax/startup.cpu_devices_for picks for the recipe's config), each in
   its own process, because the number of CPU devices is fixed when the backend starts; on a
   GPU/TPU host a number means the first N devices;
 - per compute dtype (model.dtype) and convolution path (model.conv_impl: 'auto' = oneDNN's
@@ -111,17 +111,17 @@ def measure_step(recipe: str, batch: int, dtype: str, conv_impl: str | None, ste
   import jax
   import numpy as np
 
-  from simclr_jax import train
-  from simclr_jax.models import simclr as simclr_model
+  from simclr_jax import startup, train
+  from simclr_jax import state as state_lib
 
   config = recipe_config(recipe, batch, dtype, conv_impl)
   config.train.num_devices = num_devices
   c = config.data
-  setup = train.build(config, num_train_examples=100 * batch)
+  setup = state_lib.build(config, num_train_examples=100 * batch)
   devices = int(setup.mesh.devices.size)
-  init_key, augment_key = train.run_keys(config.seed)
+  init_key, augment_key = state_lib.run_keys(config.seed)
   t0 = time.perf_counter()
-  state = jax.block_until_ready(train.init_state(setup, init_key))
+  state = jax.block_until_ready(state_lib.init_state(setup, init_key))
   init_s = time.perf_counter() - t0
   n_params = int(sum(x.size for x in jax.tree.leaves(state.params)))
 
@@ -131,7 +131,7 @@ def measure_step(recipe: str, batch: int, dtype: str, conv_impl: str | None, ste
                                ).astype(np.float32),
           "label": rng.integers(0, max(1, c.num_classes), batch),
           "id": np.arange(batch)}
-  device_batch = train._device_batch(setup.mesh, host)   # pylint: disable=protected-access
+  device_batch = train.device_batch(setup.mesh, host)
   step = train.make_train_step(setup, augment_key)
 
   t0 = time.perf_counter()
@@ -143,10 +143,10 @@ def measure_step(recipe: str, batch: int, dtype: str, conv_impl: str | None, ste
 
   # XLA:CPU and XLA:GPU analyse the partitioned (per-device) program: scale to the whole step.
   flops_device = _cost(compiled)
-  if simclr_model.conv_impl(config.model) == "onednn":
+  if startup.conv_path(config.model)[0] == "onednn":
     # XLA counts no FLOPs in custom calls: take them from the same step on XLA's convolutions.
     config.model.conv_impl = "xla"
-    xla_setup = train.build(config, num_train_examples=100 * batch)
+    xla_setup = state_lib.build(config, num_train_examples=100 * batch)
     flops_device = _cost(train.make_train_step(xla_setup, augment_key).lower(
         state, device_batch).compile())
     config.model.conv_impl = conv_impl
@@ -169,7 +169,7 @@ def measure_step(recipe: str, batch: int, dtype: str, conv_impl: str | None, ste
   return {"backend": "jax", "recipe": recipe, "backbone": config.model.backbone,
           "input": f"{c.image_size}x{c.image_size}x{c.channels}", "batch": batch,
           "dtype": dtype, "conv_impl": conv_impl, "conv_impl_resolved":
-          simclr_model.conv_impl(config.model), "devices": devices, "params": n_params,
+          startup.conv_path(config.model)[0], "devices": devices, "params": n_params,
           "init_s": init_s, "lower_s": lower_s, "compile_s": compile_s,
           "steps_timed": steps, "warmup_steps": warmup, "step_s": dt / steps,
           "views_per_s": 2 * batch * steps / dt, "loss_after": loss,
@@ -179,11 +179,11 @@ def measure_step(recipe: str, batch: int, dtype: str, conv_impl: str | None, ste
 
 def run_worker(args) -> dict:
   """One process: the peaks, or every (recipe, dtype, conv_impl) at one device count."""
-  from simclr_jax import parallel
+  from simclr_jax import startup
   if args.worker == "step" and args.devices == "default":
     # Off a CPU host a no-op, as in scripts/pretrain.py; on a CPU host the parent has set
     # JAX_NUM_CPU_DEVICES to the count scripts/pretrain.py picks for this worker's recipe.
-    parallel.use_all_cpu_cores()
+    startup.use_all_cpu_cores()
   import jax
   info = host_info()
   if args.worker == "peaks":
@@ -200,7 +200,6 @@ def run_worker(args) -> dict:
     batch = args.batch or RECIPE_BATCH[recipe]
     for dtype in args.dtypes.split(","):
       for impl in [None] if not args.conv_impls else args.conv_impls.split(","):
-        from simclr_jax.models import simclr as simclr_model
         cfg = recipe_config(recipe, batch, dtype)
         if impl is not None and "conv_impl" not in cfg.model:
           print(f"model.conv_impl not in this checkout's config: {impl!r} skipped",
@@ -208,7 +207,7 @@ def run_worker(args) -> dict:
           impl = None
         if impl is not None:
           cfg.model.conv_impl = impl
-        key = (recipe, dtype, simclr_model.conv_impl(cfg.model) if "conv_impl" in cfg.model
+        key = (recipe, dtype, startup.conv_path(cfg.model)[0] if "conv_impl" in cfg.model
                else None)
         if key in seen:                # e.g. 'auto' is 'xla' on a GPU: time it once
           continue
@@ -308,7 +307,7 @@ def main(argv=None):
   p.add_argument("--recipes", default="cifar10,sdo")
   p.add_argument("--devices", default="1,2,default",
                  help="device counts, one process each; 'default' = what scripts/pretrain.py "
-                      "starts (on a CPU host: parallel.cpu_devices_for the recipe's config)")
+                      "starts (on a CPU host: startup.cpu_devices_for the recipe's config)")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--conv-impls", default="auto,xla",
                  help="model.conv_impl values ('' = the config's own); duplicates after "
@@ -345,14 +344,14 @@ def main(argv=None):
   on_cpu = peaks.get("platform", "cpu") == "cpu"
 
   rows, workers = [], []
-  from simclr_jax import parallel
+  from simclr_jax import startup
   jobs = []          # (devices arg, recipes, dtypes, conv impls, CPU device count or None)
   for devices in args.devices.split(","):
     if devices == "default" and on_cpu:   # the count scripts/pretrain.py picks, per recipe
       for recipe in args.recipes.split(","):
         for dtype in args.dtypes.split(","):
           for impl in args.conv_impls.split(",") if args.conv_impls else [None]:
-            n = parallel.cpu_devices_for(recipe_config(recipe, args.batch, dtype, impl))
+            n = startup.cpu_devices_for(recipe_config(recipe, args.batch, dtype, impl))
             jobs.append((devices, recipe, dtype, impl, str(n)))
     else:
       jobs.append((devices, args.recipes, args.dtypes, args.conv_impls,

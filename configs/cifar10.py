@@ -3,7 +3,7 @@
   python scripts/pretrain.py --config configs/cifar10.py --workdir runs/cifar10 --linear_eval
 
 Data: data/cifar10/cifar10_{train,test}.npz relative to the working directory (`images` uint8
-NHWC RGB and `labels`; README.md § Data says how to make them; `--config.data.path=...`
+NHWC RGB and `labels`; docs/data.md says how to make them; `--config.data.path=...`
 elsewhere), /255 into
 [0, 1]; without it the run stops with "no data at ... see README.md § Data".
 Recipe: ResNet-18 (3x3 stride-1 stem, no max-pool), projection 512 -> 512 -> BN -> ReLU -> 128,
@@ -11,9 +11,11 @@ NT-Xent temperature 0.5, LARS (momentum 0.9, weight decay 1e-6, BN and biases ex
 base_lr 0.075 x sqrt(batch) (the SimCLR appendix's rule for small batches), 10 warm-up epochs
 then cosine, batch 512, 1000 epochs, augment preset 'simclr_cifar' (crop (0.08, 1), flip,
 colour jitter strength 0.5 with p 0.8, grayscale 0.2, no blur). Linear probe on 'test'.
-Expect (GPU): linear probe about 90-91 % test accuracy after 1000 epochs (the official
-ResNet-18 recipe about 91 %, solo-learn 90.74 %); a little lower on this JPEG copy. On 2 CPU
-cores one epoch takes hours (about 30-55 img/s): use it for throughput, not for accuracy.
+Not run to the end here (no GPU); published linear probes for ResNet-18 on CIFAR-10 after
+1000 epochs: the official recipe about 91 %, solo-learn 90.74 %. On 2 CPU cores the step runs
+at about 25 img/s (51.0 views/s, measured at batch 256: docs/results.md § Speed on CPU), far
+from 1000 epochs: use it there for throughput, not for accuracy. What 20 minutes of CPU
+pretraining gives (a width-0.25 ResNet-18, 0.5089): benchmarks/quality.py, docs/results.md.
 """
 
 from configs import default

@@ -58,7 +58,9 @@ def get_config(arg=None):
   c.model.feat_dim = 128            # projection output z
   c.model.proj_layers = 2           # 2 = SimCLR v1, 3 = SimCLR v2
   c.model.dtype = "float32"         # float32 | bfloat16 (activations)
-  c.model.conv_impl = "auto"        # auto (onednn on CPU for float32, else xla) | onednn | xla | im2col
+  # auto (onednn on CPU for float32, else xla; resolved once at start-up, which logs why) |
+  # onednn | xla. The same parameters whichever kernel (simclr_jax/models/onednn.py).
+  c.model.conv_impl = "auto"
   c.model.online_head = False       # train a classifier on stop_gradient(h) when labels exist
   c.model.online_hidden = 128       # 0 = linear online head
   c.model.online_dropout = 0.0
@@ -105,7 +107,7 @@ def get_config(arg=None):
   c.train.steps = 0                 # > 0 overrides epochs
   # 0 = all devices. On a CPU-only host the scripts emulate the devices: N when set, else the
   # most (1-8 per core) that split the per-process batch into shares of 16 or more, the faster
-  # CPU path (simclr_jax/parallel.cpu_device_count).
+  # CPU path (simclr_jax/startup.cpu_device_count); one per process for oneDNN's convolutions.
   c.train.num_devices = 0
   c.train.log_every = 10
   c.train.checkpoint_every = 500
@@ -174,7 +176,7 @@ def get_config(arg=None):
   c.finetune.baseline = True        # also train the same model from random init (supervised)
   c.finetune.eval_batch_size = 256
 
-  # --- multi-host start (simclr_jax/parallel.py: initialize_distributed) ----------------------
+  # --- multi-host start (simclr_jax/distributed.py: initialize_distributed) -------------------
   # Unset here: JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else the cluster
   # JAX detects (SLURM, Open MPI, TPU slices, GKE), else a single process.
   c.distributed = ml_collections.ConfigDict()

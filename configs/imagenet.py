@@ -17,12 +17,12 @@ warm-up epochs then cosine, global batch 4096 (global BatchNorm over every devic
 epochs (31,200 steps), augment preset 'simclr' (crop (0.08, 1), flip, colour jitter strength
 1.0 with p 0.8, grayscale 0.2, blur 0.5). The linear probe is `logistic_jax` (L-BFGS on the
 device: scikit-learn on 1.28M x 2048 features would take days).
-Expect: the paper's Table B.1 gives 64.6 % top-1 linear evaluation for ResNet-50 at batch
-4096 and 100 epochs (69.3 % at 1000 epochs, Table 6). Its linear protocol trains the probe
-with SGD on augmented crops; this repository's probe fits frozen features of the unaugmented
-images, so expect the same level within a few points, not the digit. It needs accelerators:
-the paper trained this in 1.5 hours on 128 TPU v3 cores; on CPU one step of 4096 images
-takes many minutes. `--config.model.dtype=bfloat16` halves the activations' memory on
+Expect (not run here): the paper's Table B.1 gives 64.6 % top-1 linear evaluation for ResNet-50
+at batch 4096 and 100 epochs (69.3 % at 1000 epochs, Table 6). Its linear protocol trains the
+probe with SGD on augmented crops; this repository's probe fits frozen features of the
+unaugmented images, so expect the same level within a few points, not the digit. It needs
+accelerators: the paper trained this in 1.5 hours on 128 TPU v3 cores; on CPU one step of 4096
+images takes many minutes. `--config.model.dtype=bfloat16` halves the activations' memory on
 accelerators (the loss stays float32).
 
 `get_config('tiny')` is the same pipeline shrunk for tests (still reads the data).

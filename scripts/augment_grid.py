@@ -24,10 +24,11 @@ def main(argv):
   from PIL import Image
 
   from simclr_jax import train
+  from simclr_jax import state as state_lib
   from simclr_jax.data import sources
   config = _CONFIG.value
   source = sources.make_source(config.data, config.data.train_split)
-  grid = train.views_grid(config, source, train.run_keys(config.seed)[1], _N.value)
+  grid = train.views_grid(config, source, state_lib.run_keys(config.seed)[1], _N.value)
   os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
   Image.fromarray(grid).save(_OUT.value)
   print(f"wrote {_OUT.value}: {_N.value} images x (original, view 1, view 2) of {source!r}")

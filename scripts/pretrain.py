@@ -4,7 +4,7 @@ Without --workdir the run goes to runs/<config name>-<YYYYmmdd-HHMMSS>, printed 
 
 Runs on every device the machine has (on a CPU-only host, one emulated device per core).
 Starting again with the same --workdir resumes from its latest checkpoint, if the config is
-compatible with the one saved there (README.md § Resuming, preemption and errors).
+compatible with the one saved there (docs/resuming.md).
 A config that cannot run is refused before anything compiles or writes: `error: ...` on
 stderr, exit code 2 (`--verbose`: with its traceback and the config).
 """
@@ -19,7 +19,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
-from simclr_jax import distributed, logs, parallel, validate
+from simclr_jax import logs, startup, validate
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, events, reports "
@@ -47,26 +47,24 @@ def main(argv):
   config = _CONFIG.value
   if workdir_flags.verbose():
     logging.info("config:\n%s", config)
-  validate.check_fields(config)           # before the distributed start reads its fields
-  parallel.use_compilation_cache()
+  validate.check_fields(config)           # before the start-up reads its fields
   try:
-    parallel.use_cpu_path_for(config)     # model.conv_impl='onednn' where it cannot build
-    distributed.initialize_distributed(config)
+    startup.start(config, multi_host=True)   # cache, conv path (logged), CPU devices, hosts
   except ValueError as e:
     raise validate.ConfigError(validate.one_line(e)) from None
   validate.check(config, "pretrain")
   if _EVAL.value:                         # the probe's needs too, before hours of training
     validate.check(config, "linear_eval")
   from simclr_jax import train  # after the device setup: importing is fine, computing is not
-  if not workdir_flags.verbose():
-    logging.info("config:\n%s", config)
   workdir = _WORKDIR.value or default_workdir()
   print(f"workdir: {workdir}", flush=True)
-  train.pretrain(config, workdir)
+  train.pretrain(config, workdir)   # logs the config once its resume check passes; a preempted
+                                    # run exits here (train.Preempted)
+  from simclr_jax import report             # matplotlib, only once the run is done
+  report.write_after_pretraining(config, workdir)   # train.report; a failure is logged only
   if _EVAL.value:
     from simclr_jax import evaluate
-    report = evaluate.linear_eval(workdir, config)
-    evaluate.print_report(report)
+    evaluate.print_report(evaluate.linear_eval(workdir, config))
 
 
 def run_cli(argv) -> int:

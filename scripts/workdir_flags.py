@@ -8,8 +8,9 @@ printed as one line `error: ...` on stderr with exit code 2, without a traceback
 
 `define()`: for the scripts that read a pretraining workdir, `--workdir DIR` plus
 `--config.<field>=value` overrides applied to the config the run saved in DIR/config.json
-(fields it predates take their defaults). absl needs the config flag defined, with its
-default, before it parses the command line, so the workdir is read from argv first.
+(fields it predates take their defaults; model.conv_impl is this host's, see `define`). absl
+needs the config flag defined, with its default, before it parses the command line, so the
+workdir is read from argv first.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import default
-from simclr_jax import logs, parallel, resume, validate
+from simclr_jax import logs, resume, startup, validate
 
 FLAGS = flags.FLAGS
+# --verbose: the config is logged before it is checked (else once the start checks pass:
+# pretraining logs it at its start, after the resume check), and an error's traceback too.
 _VERBOSE = flags.DEFINE_bool("verbose", False, "On an error, print its traceback too, and "
                              "the config before it is checked.")
 _unreadable: list[str] = []      # define(): a config.json that could not be read
@@ -137,6 +140,10 @@ def define(argv=None):
         saved = json.load(f)
     except (ValueError, OSError) as e:
       _unreadable.append(f"{path}: unreadable ({type(e).__name__}: {e})")
+  if isinstance(saved.get("model"), dict) and "conv_impl" in saved["model"]:
+    # The saved value is the convolution the pretraining host ran ('onednn' there may not build
+    # here): the start-up chooses again, unless --config.model.conv_impl says otherwise.
+    saved["model"]["conv_impl"] = "auto"
   config = config_flags.DEFINE_config_dict(
       "config", default.with_defaults(saved), "The run's config; override fields as --config.x=...")
   return workdir, config
@@ -156,19 +163,19 @@ def require_run(workdir: str) -> None:
 
 def start(argv, workdir: str, config, purpose: str) -> None:
   """What linear_eval and finetune do before any work: refuse stray arguments and a workdir
-  without a pretraining run, quiet the libraries' logs, the CPU devices for the config's batch
-  and the compilation cache (simclr_jax/parallel.py), then the config check
-  (simclr_jax/validate.py) and the checkpoint eval.checkpoint names (simclr_jax/resume.py)."""
+  without a pretraining run, quiet the libraries' logs, the start-up (simclr_jax/startup.py:
+  the compilation cache, the convolution path, logged, and the CPU devices for it), then the
+  config check (simclr_jax/validate.py) and the checkpoint eval.checkpoint names
+  (simclr_jax/resume.py)."""
   no_extra_args(argv)
   if _unreadable:
     raise validate.ConfigError(validate.one_line(_unreadable[0]))
   require_run(workdir)
   logs.quiet_libraries()
   try:
-    parallel.use_cpu_path_for(config)     # model.conv_impl='onednn' where it cannot build
+    startup.start(config)                 # model.conv_impl='onednn' where it cannot run: refused
   except ValueError as e:
     raise validate.ConfigError(validate.one_line(e)) from None
-  parallel.use_compilation_cache()
   if verbose():
     from absl import logging
     logging.info("config:\n%s", config)

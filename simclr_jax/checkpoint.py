@@ -1,4 +1,9 @@
-"""orbax CheckpointManager holding the train state and the grain iterator state together.
+"""orbax CheckpointManagers of a run: its latest steps, its best step, and the restores.
+
+The latest steps (`make_manager`, `workdir/checkpoints/`) hold the train state and the grain
+iterator state together; the best step (`make_best_manager`, `workdir/checkpoints_best/`)
+holds the train state alone. Readers (probes, fine-tuning, export) restore the parameters and
+BatchNorm statistics of one of them, the optimizer state left on disk: `restore_for_eval`.
 
 One checkpoint = one step: `state` (params, batch_stats, optimizer state, step) and `data_iter`
 (where the input pipeline stands), so a resumed run sees exactly the batches an uninterrupted
@@ -21,14 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-CHECKPOINTS = "checkpoints"
-CORRUPT = "checkpoints_corrupt"
-
-
-def workdir_path(workdir) -> epath.Path:
-  """`workdir` as an epath.Path; local paths made absolute (orbax wants absolute paths)."""
-  path = epath.Path(workdir)
-  return path if "://" in str(workdir) else path.absolute()
+from simclr_jax import workdir as workdir_lib
 
 
 def make_manager(workdir, checkpoint_every: int, keep: int,
@@ -38,7 +36,8 @@ def make_manager(workdir, checkpoint_every: int, keep: int,
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, save_interval_steps=max(1, checkpoint_every), create=True,
       cleanup_tmp_directories=cleanup)
-  return ocp.CheckpointManager(workdir_path(workdir) / CHECKPOINTS, options=options,
+  return ocp.CheckpointManager(workdir_lib.path(workdir) / workdir_lib.CHECKPOINTS,
+                               options=options,
                                item_names=("state", "data_iter"))
 
 
@@ -74,7 +73,7 @@ def _move_aside(manager: ocp.CheckpointManager, steps) -> None:
   """Moves step directories to `<workdir>/checkpoints_corrupt/` (kept, not deleted: they may
   still be of use to someone), then makes every process's manager forget them."""
   if jax.process_index() == 0:
-    corrupt = epath.Path(manager.directory).parent / CORRUPT
+    corrupt = epath.Path(manager.directory).parent / workdir_lib.CORRUPT
     corrupt.mkdir(parents=True, exist_ok=True)
     for step in steps:
       src = epath.Path(manager.directory) / str(step)
@@ -118,3 +117,60 @@ def restore_latest(manager: ocp.CheckpointManager, state_template, data_iter=Non
       _move_aside(manager, failed)
     return state, step
   raise first_error
+
+
+# ---------------------------------------------------------------------------------------------
+# The best checkpoint, and the one readers restore.
+# ---------------------------------------------------------------------------------------------
+
+def make_best_manager(workdir, metric: str, mode: str) -> ocp.CheckpointManager:
+  """`workdir/checkpoints_best`: the one step of the best `metric` ('max' or 'min')."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, best_fn=lambda m: float(m[metric]),
+                                         best_mode=mode, create=True)
+  return ocp.CheckpointManager(workdir_lib.path(workdir) / workdir_lib.BEST_DIR,
+                               options=options, item_names=("state",))
+
+
+def save_best(manager: ocp.CheckpointManager, step: int, state, metrics: dict) -> None:
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
+               metrics={k: float(v) for k, v in metrics.items()}, force=True)
+
+
+def restore_for_eval(workdir, which, template):
+  """(variables, step, 'best'|'latest'|'step'): the part of a saved train state that
+  `template` names (e.g. params and batch_stats; the optimizer state is not read), of the
+  checkpoint `which` (`eval.checkpoint`) chooses.
+
+  'best' falls back to the latest checkpoint (logged) when the run kept no best one (no
+  monitored metric); 'latest' is the last saved step; an integer (or digits) is that step.
+  `template`: a tree of jax.ShapeDtypeStruct (with shardings) the restored arrays take.
+  """
+  which = str(which).strip()
+  best_dir = workdir_lib.path(workdir) / workdir_lib.BEST_DIR
+  if which == "best" and workdir_lib.steps(best_dir):
+    manager = ocp.CheckpointManager(best_dir, item_names=("state",))
+    kind = "best"
+  elif which in ("best", "latest") or which.isdigit():
+    if which == "best":
+      logging.info("no best checkpoint in %s (no monitored metric): using the latest", workdir)
+    manager = make_manager(workdir, 1, 1)
+    kind = "latest" if not which.isdigit() else "step"
+  else:
+    raise ValueError(f"eval.checkpoint={which!r}: expected 'best', 'latest' or a step number")
+  try:
+    if kind == "step":
+      step = int(which)
+      if step not in manager.all_steps():
+        raise ValueError(f"eval.checkpoint={which!r}: no such step in {manager.directory} "
+                         f"(steps: {sorted(manager.all_steps())})")
+    else:
+      step = manager.latest_step()     # the best directory holds the best step only
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    args = ocp.args.PyTreeRestore(
+        item=template, restore_args=ocp.checkpoint_utils.construct_restore_args(template),
+        partial_restore=True)
+    restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+  finally:
+    manager.close()
+  return restored, int(step), kind

@@ -27,7 +27,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -37,35 +36,29 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from simclr_jax import metrics as metrics_lib
-from simclr_jax import monitor, parallel, probes, progress, train
+from simclr_jax import parallel, probes, progress, validate
+from simclr_jax import state as state_lib
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import labels as labels_lib
 from simclr_jax.data import pipeline, sources
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no {path}: is {workdir!r} the workdir of a pretraining run?")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-def extract_features(setup: train.Setup, state, source, batch_size: int):
-  """h for every example of `source`, in order, and its labels; sharded over the mesh."""
-  n_dev = setup.mesh.devices.size
+def extract_features(model, mesh, variables, source, batch_size: int):
+  """h of `model` with `variables` ({'params', 'batch_stats'}, replicated on `mesh`) for every
+  example of `source`, in order, and its labels; the batches sharded over the mesh."""
+  n_dev = mesh.devices.size
   batch_size = -(-batch_size // n_dev) * n_dev          # a multiple of the device count
-  model = setup.model
 
   @jax.jit
-  def features(params, batch_stats, images):
-    return model.apply({"params": params, "batch_stats": batch_stats}, images, train=False)["h"]
+  def features(variables, images):
+    return model.apply(variables, images, train=False)["h"]
 
   feats, labels = [], []
-  sharding = parallel.batch_sharded(setup.mesh)
+  sharding = parallel.batch_sharded(mesh)
   bar = progress.Progress("features", len(source), unit="image")
   for images, y, valid in pipeline.eval_batches(source, batch_size):
     images = jax.device_put(images, sharding)
-    h = features(state.params, state.batch_stats, images)
+    h = features(variables, images)
     feats.append(np.asarray(jax.device_get(h))[:valid].astype(np.float32))
     labels.append(y[:valid])
     bar.update(sum(map(len, labels)))
@@ -157,16 +150,15 @@ def fit_head_probe(x_train, y_train, x_test, y_test, ev, seed: int, num_outputs:
 
 
 def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -> dict:
-  """Probes the `eval.checkpoint` of `workdir`; writes workdir/linear_eval.json; returns it."""
-  config = config or load_config(workdir)
+  """Probes the `eval.checkpoint` of `workdir`; writes workdir/linear_eval.json; returns it.
+
+  `config` defaults to the workdir's config.json as saved: a run older than a field lacks it,
+  hence the `.get`s of eval fields here (the scripts pass the saved config over every default).
+  """
+  config = config or workdir_lib.load_config(workdir)
+  validate.check_fields(config)
   ev = config.eval
   probe_names = tuple(ev.get("probes", ("logistic",)))
-  if not probe_names or any(p not in PROBES for p in probe_names):
-    raise ValueError(f"eval.probes={probe_names!r}: expected a non-empty subset of {PROBES}")
-  bad = [b for b in ev.baselines if b not in BASELINES]
-  if bad:
-    raise ValueError(f"eval.baselines={tuple(ev.baselines)!r}: {bad[0]!r} unknown; expected "
-                     f"any of {BASELINES}")
   train_src = sources.make_source(config.data, config.data.train_split)
   test_src = sources.make_source(config.data, config.data.eval_split)
   multilabel = getattr(train_src, "multi_hot", None) is not None
@@ -175,21 +167,22 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
                      "'head' probe (sigmoid outputs) scores it")
   if not multilabel and (np.asarray(train_src.labels) < 0).all():
     raise ValueError(f"{train_src!r} has no labels: the linear probe needs a labelled split")
-  setup = train.build(config, len(train_src))
-  state, step, kind = monitor.restore_for_eval(workdir, ev.get("checkpoint", "best"),
-                                               monitor.abstract_state(setup, config.seed))
+  mesh = parallel.make_mesh(config.train.num_devices)
+  model = state_lib.make_model(config)
+  variables, step, kind = state_lib.restore(config, workdir, ev.get("checkpoint", "best"), mesh)
   targets = ((train_src.multi_hot, test_src.multi_hot) if multilabel
              else (np.asarray(train_src.labels), np.asarray(test_src.labels)))
 
   features = {}
-  encoders = {"pretrained": lambda: state}
-  if "random_init" in ev.baselines:
-    encoders["random_init"] = lambda: train.init_state(setup, train.run_keys(config.seed)[0])
-  for name, get_state in encoders.items():
-    def both(get_state=get_state):
-      st = get_state()
-      return (extract_features(setup, st, train_src, ev.batch_size)[0],
-              extract_features(setup, st, test_src, ev.batch_size)[0])
+  encoders = {"pretrained": lambda: variables}
+  if "random_init" in ev.baselines:      # the run's init: the same key as its first state
+    encoders["random_init"] = lambda: state_lib.init_variables(
+        model, config.data, mesh, state_lib.run_keys(config.seed)[0])
+  for name, get_variables in encoders.items():
+    def both(get_variables=get_variables):
+      v = get_variables()
+      return (extract_features(model, mesh, v, train_src, ev.batch_size)[0],
+              extract_features(model, mesh, v, test_src, ev.batch_size)[0])
     features[name] = both
   if "raw_pixels" in ev.baselines:
     features["raw_pixels"] = lambda: (raw_pixels(train_src, ev.batch_size),
@@ -212,7 +205,7 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
             "checkpoint": kind, "train_split": config.data.train_split,
             "eval_split": config.data.eval_split, "results": results}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "linear_eval.json"), "w") as f:
+    with open(os.path.join(workdir, workdir_lib.LINEAR_EVAL), "w") as f:
       json.dump(report, f, indent=2)
   return report
 

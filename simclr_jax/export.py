@@ -5,7 +5,7 @@
 
 From a workdir, `load_encoder` reads config.json and a checkpoint (`checkpoint='best'`: the
 best one when the run kept one, else the latest; 'latest'; or a step), through the same
-restore as the probes (monitor.restore_for_eval). `export_encoder` writes the encoder alone
+restore as the probes (state.restore). `export_encoder` writes the encoder alone
 into a folder: `encoder.npz` (its params and BatchNorm statistics, flat '/'-joined keys, plain
 numpy) and `encoder.json` (the model fields that rebuild it, the input it expects, where it
 came from); `load_encoder(folder)` needs nothing else. The projection head and the optimizer
@@ -14,7 +14,6 @@ state are left out: SimCLR's downstream tasks use h, not z.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Any
@@ -25,6 +24,9 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from simclr_jax import parallel
+from simclr_jax import state as state_lib
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.models import simclr as simclr_model
 
 CONFIG_FILE = "encoder.json"
@@ -32,20 +34,6 @@ WEIGHTS_FILE = "encoder.npz"
 # The model fields that rebuild the encoder (models.simclr.encoder_from_config reads these).
 MODEL_FIELDS = ("backbone", "width_multiplier", "cifar_stem", "dtype", "conv_impl")
 FORMAT_VERSION = 1
-
-
-def single_device_setup(config):
-  """train.build of `config` on one device: the model and the state structure of the run,
-  without its batch having to divide this host's device count (a 256 batch trained on 8
-  devices loads on a 3-device machine too). Nothing is computed or compiled. In a
-  multi-process run every process restores together, on all devices, as the probes do."""
-  from simclr_jax import train    # train imports the data pipeline; only loading needs it
-  config = copy.deepcopy(config)
-  if jax.process_count() == 1:
-    with config.unlocked():
-      config.train.num_devices = 1
-  # The example count only sets the schedule's length, which restoring does not depend on.
-  return train.build(config, 1)
 
 
 class Encoder:
@@ -94,13 +82,14 @@ def _info(config, source: dict) -> dict:
 
 
 def _from_workdir(workdir: str, which) -> Encoder:
-  from simclr_jax import evaluate, monitor
-  config = evaluate.load_config(workdir)
-  setup = single_device_setup(config)
-  state, step, kind = monitor.restore_for_eval(workdir, which,
-                                               monitor.abstract_state(setup, config.seed))
-  variables = {"params": state.params["encoder"],
-               "batch_stats": state.batch_stats.get("encoder", {})}
+  config = workdir_lib.load_config(workdir)
+  # On one device, whatever device count the run trained on (a 256 batch trained on 8
+  # devices loads on a 3-device machine too). In a multi-process run every process restores
+  # together, on all devices, as the probes do.
+  mesh = parallel.make_mesh(1 if jax.process_count() == 1 else config.train.num_devices)
+  restored, step, kind = state_lib.restore(config, workdir, which, mesh)
+  variables = {"params": restored["params"]["encoder"],
+               "batch_stats": restored["batch_stats"].get("encoder", {})}
   info = _info(config, {"workdir": os.path.abspath(workdir), "checkpoint": kind,
                         "checkpoint_step": step})
   return Encoder(simclr_model.encoder_from_config(config.model), variables, info)
@@ -125,7 +114,7 @@ def load_encoder(workdir_or_export: str, checkpoint="best") -> Encoder:
   path = os.fspath(workdir_or_export)
   if os.path.exists(os.path.join(path, CONFIG_FILE)):
     return _from_export(path)
-  if os.path.exists(os.path.join(path, "config.json")):
+  if os.path.exists(os.path.join(path, workdir_lib.CONFIG)):
     return _from_workdir(path, checkpoint)
   raise FileNotFoundError(f"{path!r} holds neither an exported encoder ({CONFIG_FILE}) nor a "
                           "pretraining run (config.json)")

@@ -35,9 +35,12 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 from sklearn.model_selection import train_test_split
 
-from simclr_jax import augment, evaluate, monitor, parallel, probes, progress, tables, train
+from simclr_jax import augment, evaluate, monitor, parallel, probes, progress, tables, validate
+from simclr_jax import state as state_lib
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import labels as labels_lib
 from simclr_jax.data import pipeline, sources
+from simclr_jax.data.subset import Subset
 from simclr_jax.models import simclr as simclr_model
 
 BATCH_NORM = ("train", "frozen", "auto")
@@ -93,43 +96,9 @@ class _Attrs(dict):
   __getattr__ = dict.__getitem__
 
 
-class Subset:
-  """Rows `indices` of a source, as a random-access source (grain's protocol)."""
-
-  def __init__(self, source, indices):
-    self.source, self.indices = source, np.asarray(indices)
-
-  def __len__(self):
-    return len(self.indices)
-
-  def __getitem__(self, i):
-    return self.source[int(self.indices[i])]
-
-
 def _element(e, target_key):
   return {"image": np.asarray(e["image"], np.float32),
           "target": np.asarray(e[target_key], np.int32)}
-
-
-def _check(ft, proj_layers: int) -> None:
-  def bad(field, value, allowed):
-    raise ValueError(f"finetune.{field}={value!r}: expected {allowed}")
-  if ft.batch_norm not in BATCH_NORM:
-    bad("batch_norm", ft.batch_norm, " | ".join(BATCH_NORM))
-  if ft.optimizer not in OPTIMIZERS:
-    bad("optimizer", ft.optimizer, " | ".join(OPTIMIZERS))
-  if not 0 <= ft.from_projection <= proj_layers - 1:
-    bad("from_projection", ft.from_projection,
-        f"0..{proj_layers - 1} (the projection head's hidden layers; model.proj_layers="
-        f"{proj_layers})")
-  if ft.encoder_lr < 0 or ft.learning_rate <= 0:
-    bad("encoder_lr" if ft.encoder_lr < 0 else "learning_rate",
-        ft.encoder_lr if ft.encoder_lr < 0 else ft.learning_rate,
-        "learning_rate > 0 and encoder_lr >= 0 (0 = frozen encoder)")
-  if not 0 < ft.val_fraction < 1:
-    bad("val_fraction", ft.val_fraction, "a fraction in (0, 1)")
-  if ft.epochs < 1:
-    bad("epochs", ft.epochs, "an integer >= 1")
 
 
 def _tx(ft, lr):
@@ -156,7 +125,8 @@ class Trainer:
 
   def __init__(self, config, num_outputs: int, multilabel: bool):
     ft = config.finetune
-    _check(ft, config.model.proj_layers)
+    validate.check_fields(config)         # the finetune fields, then against the model
+    validate.check_finetune(config)
     self.config, self.ft, self.multilabel = config, ft, multilabel
     self.mesh = parallel.make_mesh(config.train.num_devices)
     self.frozen = ft.encoder_lr == 0
@@ -172,25 +142,25 @@ class Trainer:
     self._logits = self._make_logits()
 
   def init(self, seed: int, pretrained=None):
-    """Fresh variables (seed); with `pretrained` (a pretraining TrainState) its encoder and
-    projection layers are copied in."""
+    """Fresh variables (seed); with `pretrained` (a pretraining run's variables, {'params',
+    'batch_stats'}: state.restore) its encoder and projection layers are copied in."""
     c = self.config.data
     dummy = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
-    with jax.threefry_partitionable(False):   # init compiles ~3x faster (see train.init_state)
+    with jax.threefry_partitionable(False):   # init compiles ~3x faster (see state.init_state)
       variables = jax.jit(functools.partial(self.model.init, train=False, bn_train=False))(
           jax.random.PRNGKey(seed), dummy)
     params, stats = dict(variables["params"]), dict(variables.get("batch_stats", {}))
     if pretrained is not None:
-      params["encoder"] = pretrained.params["encoder"]
-      stats["encoder"] = pretrained.batch_stats["encoder"]
+      pre_params, pre_stats = pretrained["params"], pretrained["batch_stats"]
+      params["encoder"] = pre_params["encoder"]
+      stats["encoder"] = pre_stats["encoder"]
       if self.ft.from_projection:
         kept = {f"{kind}{i}" for i in range(1, self.ft.from_projection + 1)
                 for kind in ("dense", "bn")}
-        params["projection"] = {k: pretrained.params["projection"][k] for k in kept}
-        stats["projection"] = {k: v for k, v in pretrained.batch_stats["projection"].items()
-                               if k in kept}
-    state = train.TrainState.create(apply_fn=self.model.apply, params=params,
-                                    batch_stats=stats, tx=self.tx)
+        params["projection"] = {k: pre_params["projection"][k] for k in kept}
+        stats["projection"] = {k: v for k, v in pre_stats["projection"].items() if k in kept}
+    state = state_lib.TrainState.create(apply_fn=self.model.apply, params=params,
+                                        batch_stats=stats, tx=self.tx)
     # Copies: the train step donates its state, and the pretrained arrays must outlive it
     # (every label fraction starts from them).
     return jax.device_put(jax.tree.map(jnp.array, state), parallel.replicated(self.mesh))
@@ -264,8 +234,8 @@ class Trainer:
       raise ValueError(f"{len(fit_src)} fit examples for {n_dev} devices: raise the label "
                        "fraction or finetune.val_fraction's complement")
     key = jax.random.PRNGKey(seed + 1)
-    stopper = monitor.EarlyStopping(ft.patience, mode="min")
-    best, curve = None, []
+    stopper = monitor.early_stopping(ft.patience)
+    best, best_epoch, curve = None, 0, []
     bar = progress.Progress("fine-tune", ft.epochs, unit="epoch")
     for epoch in range(ft.epochs):
       ds = (grain.MapDataset.source(fit_src).shuffle(seed=seed + epoch)
@@ -279,13 +249,13 @@ class Trainer:
           jnp.asarray(logits, jnp.float32), jnp.asarray(val_targets), self.multilabel))))
       curve.append(val)
       bar.update(epoch + 1, log=True, **{"val loss": val})
-      stop = stopper.update(val)
-      if stopper.best_index == epoch:
-        best = jax.device_get(state)           # a host copy: the step donates its input
-      if stop:
+      stopper = stopper.update(val)
+      if stopper.has_improved:
+        best, best_epoch = jax.device_get(state), epoch  # a host copy: the step donates its input
+      if stopper.should_stop:
         break
     bar.close()
-    return best, state, {"best_epoch": stopper.best_index + 1, "epochs_run": len(curve),
+    return best, state, {"best_epoch": best_epoch + 1, "epochs_run": len(curve),
                          "val_loss_curve": curve, "batch_size": batch}
 
 
@@ -312,7 +282,7 @@ def _split(y, fraction, val_fraction, seed):
 def finetune(workdir: str, config=None) -> dict:
   """Fine-tunes the `eval.checkpoint` of `workdir` (and trains the scratch baseline) for every
   `finetune.label_fractions`; writes finetune.json and finetune.md there; returns the report."""
-  config = config or evaluate.load_config(workdir)
+  config = config or workdir_lib.load_config(workdir)
   if "finetune" not in config:
     raise ValueError(f"{workdir}/config.json has no 'finetune' group: pass a config (scripts/"
                      "finetune.py adds the defaults)")
@@ -328,11 +298,9 @@ def finetune(workdir: str, config=None) -> dict:
   k = y.shape[1] if multilabel else config.data.num_classes
   scores = evaluate.make_scores(config, train_src, multilabel)
 
-  setup = train.build(config, len(train_src))
-  template = monitor.abstract_state(setup, config.seed)
-  pretrained, step, kind = monitor.restore_for_eval(workdir, config.eval.get("checkpoint",
-                                                                             "best"), template)
   trainer = Trainer(config, k, multilabel)
+  pretrained, step, kind = state_lib.restore(config, workdir, config.eval.get("checkpoint", "best"),
+                                             trainer.mesh)
   inits = {"pretrained": pretrained}
   if ft.baseline:
     inits["scratch"] = None
@@ -363,10 +331,10 @@ def finetune(workdir: str, config=None) -> dict:
          "encoder_lr": float(ft.encoder_lr), "batch_norm": "train" if trainer.bn_train
          else "frozen", "from_projection": int(ft.from_projection), "results": results}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "finetune.json"), "w") as f:
+    with open(os.path.join(workdir, workdir_lib.FINETUNE), "w") as f:
       json.dump(out, f, indent=2)
-    probe = os.path.join(workdir, "linear_eval.json")
+    probe = os.path.join(workdir, workdir_lib.LINEAR_EVAL)
     probe = json.load(open(probe)) if os.path.exists(probe) else None
-    with open(os.path.join(workdir, "finetune.md"), "w") as f:
+    with open(os.path.join(workdir, workdir_lib.FINETUNE_TABLE), "w") as f:
       f.write(tables.fraction_table(out, probe))
   return out

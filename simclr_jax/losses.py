@@ -103,8 +103,9 @@ def nt_xent(
   if z1.shape != z2.shape or z1.ndim != 2:
     raise ValueError(f"z1 and z2 must both be (n, d); got {z1.shape} and {z2.shape}")
   # The softmax over 2N columns is computed in float32 even for bfloat16 models.
-  z1 = _l2_normalize(z1.astype(jnp.float32))
-  z2 = _l2_normalize(z2.astype(jnp.float32))
+  dtype = jnp.promote_types(z1.dtype, jnp.float32)     # float64 stays float64 (tests)
+  z1 = _l2_normalize(z1.astype(dtype))
+  z2 = _l2_normalize(z2.astype(dtype))
   n = z1.shape[0]
   queries = jnp.concatenate([z1, z2], axis=0)  # (2n, d): this device's rows
 

@@ -9,7 +9,9 @@ it adds the flare-forecasting skill scores of the positive class (SolarNet: '>=C
   HSS = 2 (TP TN - FN FP) / ((TP + FN)(FN + TN) + (TP + FP)(FP + TN))   Heidke skill score
 
 Both are 0 for a constant or random forecast whatever the class balance, which is why flare
-papers report them instead of accuracy (95 % of SDOBenchmark-style samples are quiet).
+papers report them instead of accuracy (95 % of SDOBenchmark-style samples are quiet). On the
+positive-vs-rest table they are scikit-learn's balanced_accuracy_score(adjusted=True) and
+cohen_kappa_score; 0.0 where undefined (y_true holds one class only).
 
 Multi-label (`multilabel`, BigEarthNet): sigmoid scores against multi-hot targets; micro and
 macro F1 at a threshold, and mAP (mean over classes of average precision, classes without a
@@ -40,13 +42,15 @@ def positive_index(positive_class, class_names: Sequence[str] | None, num_classe
                    f"in 0..{num_classes - 1} (-1 = the last)")
 
 
-def binary_scores(tp: float, fn: float, fp: float, tn: float) -> dict[str, float]:
-  """TSS and HSS from the four cells (0.0 where a denominator is 0: no skill measurable)."""
-  pos, neg = tp + fn, fp + tn
-  tss = (tp / pos if pos else 0.0) - (fp / neg if neg else 0.0)
-  den = (tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)
-  hss = 2.0 * (tp * tn - fn * fp) / den if den else 0.0
-  return {"tss": float(tss), "hss": float(hss)}
+def binary_scores(is_positive, predicted_positive) -> dict[str, float]:
+  """TSS and HSS of boolean forecasts against boolean truths (0.0 where undefined: the truth
+  holds one class only, so no skill is measurable)."""
+  y, p = np.asarray(is_positive, bool), np.asarray(predicted_positive, bool)
+  if y.all() or not y.any():
+    return {"tss": 0.0, "hss": 0.0}
+  return {"tss": float(skm.balanced_accuracy_score(y, p, adjusted=True)),
+          "hss": float(skm.cohen_kappa_score(y, p, labels=[False, True],
+                                             replace_undefined_by=0.0))}
 
 
 def classification(y_true, y_pred, num_classes: int, class_names: Sequence[str] | None = None,
@@ -72,10 +76,8 @@ def classification(y_true, y_pred, num_classes: int, class_names: Sequence[str] 
   }
   if num_classes == 2:
     k = positive_index(positive_class, names, 2)
-    tp, fn = cm[k, k], cm[k, 1 - k]
-    fp, tn = cm[1 - k, k], cm[1 - k, 1 - k]
-    out.update(binary_scores(float(tp), float(fn), float(fp), float(tn)),
-               positive_class=names[k])
+    tabled = np.isin(y_true, labels) & np.isin(y_pred, labels)    # as in the confusion matrix
+    out.update(binary_scores(y_true[tabled] == k, y_pred[tabled] == k), positive_class=names[k])
   return out
 
 

@@ -1,3 +1,4 @@
+# Not clu.periodic_actions.ReportProgress: that module imports TensorFlow when imported.
 """One progress line: `desc  epoch E  step S/T  loss L  N img/s  ETA m:ss`.
 
 On a terminal the line is redrawn in place (carriage return, at most `min_interval` apart); when
@@ -15,7 +16,7 @@ import time
 import jax
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
   seconds = max(0, int(round(seconds)))
   h, rem = divmod(seconds, 3600)
   return f"{h}:{rem // 60:02d}:{rem % 60:02d}" if h else f"{rem // 60}:{rem % 60:02d}"
@@ -46,9 +47,9 @@ class Progress:
       parts.append(f"{self.fields['img/s']:.1f} img/s")
     rate = (done - self.start) / elapsed if elapsed > 0 else 0.0
     if rate > 0 and done < self.total:
-      parts.append(f"ETA {_clock((self.total - done) / rate)}")
+      parts.append(f"ETA {clock((self.total - done) / rate)}")
     elif done >= self.total:
-      parts.append(f"in {_clock(elapsed)}")
+      parts.append(f"in {clock(elapsed)}")
     return "  ".join(parts)
 
   def update(self, done: int, log: bool = False, **fields) -> None:

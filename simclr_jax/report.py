@@ -9,13 +9,13 @@ The four parts of the SolarNet report, then the downstream results the workdir h
                    set sizes, class balance and pixel statistics of the config's data;
   then the linear probe (linear_eval.json), fine-tuning (finetune.md / finetune.json) and the
   online and kNN evaluation (event files, monitor.json), where present.
-Written at the end of pretraining (process 0) and by `python scripts/report.py --workdir DIR`.
+Written at the end of pretraining by scripts/pretrain.py (`write_after_pretraining`) and by
+`python scripts/report.py --workdir DIR`.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import os
 import platform
@@ -25,60 +25,20 @@ import jax
 import numpy as np
 # PyYAML is installed with flax, ml_collections and orbax-checkpoint (each requires it).
 import yaml
+from absl import logging
 
-from simclr_jax import monitor
+from simclr_jax import logs
+from simclr_jax import metrics as metrics_lib
+from simclr_jax import state as state_lib
+from simclr_jax import tables
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import sources
 from simclr_jax.data import stats as stats_lib
-from simclr_jax.models import simclr as simclr_model
+from simclr_jax.data.subset import Subset
 
-REPORT = "report.md"
-PLOT = os.path.join("plots", "loss_curve.png")
-CURVE = os.path.join("plots", "loss_curve.csv")
+PLOT, CURVE = workdir_lib.CURVE_PLOT, workdir_lib.CURVE_CSV
 # Curves drawn when logged (loss first: the SSL objective; the others share its scale).
 CURVE_TAGS = ("loss", "contrastive_loss", "online_loss")
-
-
-# --- Event files ----------------------------------------------------------------------------
-
-def read_events(workdir: str) -> dict:
-  """{'scalars': {tag: {step: value}}, 'wall_times': {tag: {step: t}}, 'sessions': [(t0, t1)]}
-  from every event file of `workdir`, oldest first.
-
-  clu writes scalars as 0-d tensors of plugin 'scalars' (a writer may name the plugin on a
-  tag's first event only); images are skipped. A step logged again by a resumed run (it
-  restarts at its last checkpoint, which may precede the last logged step) keeps the later
-  value. `sessions`: the first and last wall time of each file, one file per start.
-  """
-  from tensorboard.backend.event_processing import event_file_loader
-  from tensorboard.util import tensor_util
-
-  # Streamed, file by file: a long run's files hold millions of events; scalars are kept.
-  per_file = []     # (first wall time, last wall time, {tag: {step: (value, wall time)}})
-  for path in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
-    first, last, plugin, points = None, None, {}, {}
-    for e in event_file_loader.EventFileLoader(path).Load():
-      first = e.wall_time if first is None else first
-      last = e.wall_time if last is None else max(last, e.wall_time)
-      for v in e.summary.value:
-        plugin.setdefault(v.tag, v.metadata.plugin_data.plugin_name)
-        if plugin[v.tag] != "scalars" or not v.HasField("tensor"):
-          continue
-        x = tensor_util.make_ndarray(v.tensor)
-        if x.ndim == 0:
-          points.setdefault(v.tag, {})[int(e.step)] = (float(x), float(e.wall_time))
-    if first is not None:
-      per_file.append((first, last, points))
-  values, walls, sessions = {}, {}, []
-  # Oldest first, later values win. The first event's time is whole seconds: two starts in
-  # one second are ordered by their last event.
-  for first, last, points in sorted(per_file, key=lambda f: (f[0], f[1])):
-    sessions.append((first, last))
-    for tag, steps in points.items():
-      for step, (x, t) in steps.items():
-        values.setdefault(tag, {})[step] = x
-        walls.setdefault(tag, {})[step] = t
-  scalars = {t: dict(sorted(s.items())) for t, s in values.items()}
-  return {"scalars": scalars, "wall_times": walls, "sessions": sessions}
 
 
 def write_curve(workdir: str, scalars: dict) -> str | None:
@@ -86,7 +46,7 @@ def write_curve(workdir: str, scalars: dict) -> str | None:
   tags = [t for t in CURVE_TAGS if t in scalars]
   if not tags:
     return None
-  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+  os.makedirs(os.path.join(workdir, workdir_lib.PLOTS), exist_ok=True)
   steps = sorted(set().union(*(scalars[t] for t in tags)))
   with open(os.path.join(workdir, CURVE), "w", newline="") as f:
     w = csv.writer(f)
@@ -148,8 +108,7 @@ def architecture(config) -> dict:
   """Shapes of the run's model (jax.eval_shape of its init: nothing is computed, no mesh is
   built, so process 0 of a multi-host run writes it alone) and what the table needs."""
   d = config.data
-  # model_from_config keeps the online head iff model.online_head, as train.build does.
-  model = simclr_model.model_from_config(config.model, num_classes=int(d.num_classes))
+  model = state_lib.make_model(config)
   x = jax.ShapeDtypeStruct((2, d.image_size, d.image_size, d.channels), np.float32)
 
   def init_and_apply(rng, x):
@@ -190,25 +149,21 @@ def _utc(t: float) -> str:
   return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
-def _steps(path: str) -> list[int]:
-  return sorted(int(d) for d in os.listdir(path) if d.isdigit()) if os.path.isdir(path) else []
-
-
 def _checkpoint_lines(workdir: str) -> list[str]:
-  lines = []
-  latest = _steps(os.path.join(workdir, "checkpoints"))
+  lines, ckpts, best_dir = [], workdir_lib.CHECKPOINTS, workdir_lib.BEST_DIR
+  latest = workdir_lib.steps(os.path.join(workdir, ckpts))
   if latest:
-    d = os.path.join(workdir, "checkpoints", str(latest[-1]))
+    d = os.path.join(workdir, ckpts, str(latest[-1]))
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
-    lines.append(f"- latest checkpoint: step {latest[-1]} (`checkpoints/{latest[-1]}`, "
+    lines.append(f"- latest checkpoint: step {latest[-1]} (`{ckpts}/{latest[-1]}`, "
                  f"{size / 2**20:.1f} MiB with the optimizer state; kept: {latest})")
-  best = _steps(os.path.join(workdir, monitor.BEST_DIR))
+  best = workdir_lib.steps(os.path.join(workdir, best_dir))
   if best:
-    lines.append(f"- best checkpoint: step {best[-1]} (`{monitor.BEST_DIR}/{best[-1]}`): what "
+    lines.append(f"- best checkpoint: step {best[-1]} (`{best_dir}/{best[-1]}`): what "
                  "the probes, fine-tuning and `load_encoder` read by default")
   else:
     lines.append("- best checkpoint: none kept (no monitored evaluation); the latest is read")
-  path = os.path.join(workdir, monitor.HISTORY)
+  path = os.path.join(workdir, workdir_lib.HISTORY)
   if os.path.exists(path):
     with open(path) as f:
       h = json.load(f)
@@ -231,16 +186,11 @@ def _machine_lines() -> list[str]:
           f"{jax.process_count()} process(es)"]
 
 
-class _Sample(monitor._Subset):   # noqa: SLF001 -- the kNN bank's subset view, reused
+def _sample(source, n: int, seed: int) -> Subset:
   """`n` examples of a large split drawn with `seed`, counted and measured: ImageNet's 1.28M
-  labels alone would take a pass over all its records."""
-
-  def __init__(self, source, n: int, seed: int):
-    self.source = source
-    self.idx = np.sort(np.random.default_rng(seed).choice(len(source), n, replace=False))
-    self.labels = np.asarray([int(source[int(i)]["label"]) for i in self.idx], np.int32)
-    self.class_names = getattr(source, "class_names", None)
-    self.name = getattr(source, "name", repr(source))
+  labels alone would take a pass over all its records, so only the rows taken are read."""
+  idx = np.sort(np.random.default_rng(seed).choice(len(source), n, replace=False))
+  return Subset(source, idx, labels=[int(source[int(i)]["label"]) for i in idx])
 
 
 def data_lines(config, max_examples: int = 2000, max_labels: int = 200_000) -> list[str]:
@@ -255,7 +205,7 @@ def data_lines(config, max_examples: int = 2000, max_labels: int = 200_000) -> l
       src = sources.make_source(d, split)
       n = len(src)
       if n > max_labels:
-        s = stats_lib.dataset_statistics(_Sample(src, max_examples, config.seed))
+        s = stats_lib.dataset_statistics(_sample(src, max_examples, config.seed))
         s["size"], s["sampled_labels"] = n, True
       else:
         s = stats_lib.dataset_statistics(src, max_examples, config.seed)
@@ -301,9 +251,8 @@ def _load(workdir, name):
 
 
 def _results_lines(workdir: str, scalars: dict) -> list[str]:
-  from simclr_jax import metrics as metrics_lib
   lines = []
-  probe = _load(workdir, "linear_eval.json")
+  probe = _load(workdir, workdir_lib.LINEAR_EVAL)
   if probe:
     lines += ["### Linear probe", "", f"`linear_eval.json`: checkpoint {probe['checkpoint']} "
               f"(step {probe['checkpoint_step']}), test split `{probe['eval_split']}`.", "",
@@ -315,10 +264,9 @@ def _results_lines(workdir: str, scalars: dict) -> list[str]:
                    f"{r['label_fraction']:.0%} | {acc} | "
                    f"{metrics_lib.headline(r.get('metrics', {}))} |")
     lines.append("")
-  table = _load(workdir, "finetune.md")
-  if table is None and _load(workdir, "finetune.json"):
-    from simclr_jax import tables
-    table = tables.fraction_table(_load(workdir, "finetune.json"))
+  table = _load(workdir, workdir_lib.FINETUNE_TABLE)
+  if table is None and _load(workdir, workdir_lib.FINETUNE):
+    table = tables.fraction_table(_load(workdir, workdir_lib.FINETUNE))
   if table:
     lines += ["### Fine-tuning", "", table.strip(), ""]
   online = {t: v for t, v in scalars.items()
@@ -368,12 +316,11 @@ def _curve_table(scalars: dict, rows: int = 12) -> list[str]:
 
 def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000) -> str:
   """Writes workdir/report.md (and plots/); returns its path. Only process 0 writes."""
-  from simclr_jax import evaluate
-  path = os.path.join(workdir, REPORT)
+  path = os.path.join(workdir, workdir_lib.REPORT)
   if jax.process_index() != 0:
     return path
-  config = evaluate.load_config(workdir)
-  events = read_events(workdir)
+  config = workdir_lib.load_config(workdir)
+  events = logs.read_events(workdir)
   scalars = events["scalars"]
   plot = write_curve(workdir, scalars)
   arch = architecture(config)
@@ -382,7 +329,7 @@ def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000
            f"{os.path.abspath(workdir)}`; rewrite it with `python scripts/report.py "
            f"--workdir {workdir}`.", "",
            "## 1. Parameters", "", "The run's `config.json`:", "", "```yaml",
-           config_yaml(_load(workdir, "config.json")).rstrip(), "```", "",
+           config_yaml(_load(workdir, workdir_lib.CONFIG)).rstrip(), "```", "",
            "## 2. Architecture", ""] + _architecture_md(config, arch) + [
            "", "## 3. Loss curve", ""]
   if plot:
@@ -399,4 +346,20 @@ def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000
   with open(path + ".tmp", "w") as f:      # replaced whole: a reader never sees half of it
     f.write("\n".join(lines).rstrip() + "\n")
   os.replace(path + ".tmp", path)
+  return path
+
+
+def write_after_pretraining(config, workdir: str) -> str | None:
+  """The report at the end of a completed pretraining run (scripts/pretrain.py), when
+  `train.report`; process 0 only. A report that fails is logged, never raised: the run
+  succeeded. Returns the report's path, or None."""
+  if not config.train.report or jax.process_index() != 0:
+    return None
+  try:
+    path = write_report(workdir)
+  except Exception as e:  # noqa: BLE001
+    logging.warning("report.md not written (%s): python scripts/report.py --workdir %s", e,
+                    workdir)
+    return None
+  logging.info("Model report: %s", path)
   return path

@@ -5,7 +5,8 @@
 config.json saved beside them, and a field outside `MAY_CHANGE` that differs refuses the
 resume (`validate.ConfigError`), listing each such field with its saved and new value, and
 leaving config.json and the checkpoints as they are. Fields in `MAY_CHANGE` may differ; each
-change is logged. Only then are the workdir and its config.json written.
+change is logged. Only then is the config logged and are the workdir and its config.json
+written.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ from typing import Any
 
 from absl import logging
 from etils import epath
+from flax import traverse_util
 
 from simclr_jax import validate
 from simclr_jax.validate import ConfigError, fail, one_line
+from simclr_jax.workdir import has_checkpoints, write_config
 
 # Fields that may differ between a workdir's config.json and the config that resumes it (an
 # entry ending in '.' is a whole group). Each change is logged. Everything else must match:
 # the checkpoints hold the model, optimizer state and data position those fields made.
 MAY_CHANGE = (
     "train.epochs", "train.steps",      # extend (or shorten) a run; the lr schedule is
-                                        # recomputed for the new total (README § Resuming)
+                                        # recomputed for the new total (docs/resuming.md)
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_bad_steps",
     "train.report",
     "train.num_devices",                # replicated state restores on any device count
@@ -40,21 +43,11 @@ def may_change(field: str) -> bool:
   return any(field == p or (p.endswith(".") and field.startswith(p)) for p in MAY_CHANGE)
 
 
-def _flatten(tree, prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def _comparable(config_dict: dict) -> dict[str, Any]:
   """Flat {field: JSON value}; augment as its resolved per-view values (so a preset's value
   and the same value set explicitly compare equal); other sources' options left out."""
   from simclr_jax import augment
-  flat = _flatten(config_dict)
+  flat = traverse_util.flatten_dict(config_dict, sep=".")
   source = config_dict.get("data", {}).get("source")
   groups = set(config_dict.get("data", {})) & set(validate.names_of("sources")())
   flat = {k: v for k, v in flat.items()
@@ -80,11 +73,6 @@ def compare(saved: dict, config) -> tuple[list, list]:
     if old[field] != new[field]:
       (allowed if may_change(field) else refused).append((field, old[field], new[field]))
   return refused, allowed
-
-
-def has_checkpoints(workdir) -> bool:
-  path = epath.Path(workdir) / "checkpoints"
-  return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
 
 
 def check_checkpoint(config, workdir) -> None:
@@ -126,24 +114,17 @@ def check_resume(config, workdir) -> None:
         f"{', '.join(MAY_CHANGE)} may change"))
 
 
-def write_config(config, workdir) -> None:
-  """workdir/config.json (written whole, then renamed over the old one)."""
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / "config.json.tmp"
-  tmp.write_text(config.to_json_best_effort(indent=2))
-  tmp.replace(workdir / "config.json")
-
-
 def start_run(config, workdir):
-  """The start of `train.pretrain`: check, resume check, then workdir and config.json (chief
-  process only). Returns the train split's source."""
+  """The start of `train.pretrain`: check, resume check, the config logged, then workdir and
+  config.json (chief process only). Returns the train split's source."""
   import jax
   source = validate.opened_source(config)
   if source is None:
     source = validate.check(config, "pretrain")
     validate.opened_source(config)
   check_resume(config, workdir)
+  # The config once it may run: a refused start prints its one error line, not ~200 lines.
+  logging.info("config:\n%s", config)
   if jax.process_index() == 0:
     write_config(config, workdir)
   return source

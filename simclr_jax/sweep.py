@@ -28,9 +28,11 @@ import subprocess
 import sys
 from typing import Sequence
 
+from simclr_jax import workdir as workdir_lib
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = {"probe": ("linear_eval.json", "scripts/linear_eval.py"),
-          "finetune": ("finetune.json", "scripts/finetune.py")}
+STAGES = {"probe": (workdir_lib.LINEAR_EVAL, "scripts/linear_eval.py"),
+          "finetune": (workdir_lib.FINETUNE, "scripts/finetune.py")}
 
 
 @dataclasses.dataclass

@@ -1,10 +1,12 @@
-"""SimCLR pretraining: TrainState, the data-parallel train step, and the loop around it.
+"""SimCLR pretraining: the data-parallel train step, and the loop around it.
 
 Where a run starts, decided in one place (`pretrain`): from the latest checkpoint in the
 workdir when there is one (resume is the default), else from scratch with `config.seed`.
-Evaluation during the run, the best checkpoint and early stopping: simclr_jax/monitor.py.
+The train state and what builds it: simclr_jax/state.py. Evaluation during the run, the best
+checkpoint and early stopping: simclr_jax/monitor.py. The report at the end of a run:
+scripts/pretrain.py (`report.write_after_pretraining`).
 
-Resilience (README.md § "Resuming, preemption and errors"):
+Resilience (docs/resuming.md):
 - numerics: the step applies no update whose loss or gradient is non-finite (it keeps the
   previous params, optimizer state and BatchNorm statistics) and reports a flag; the loop
   reads the flags before every log, evaluation and checkpoint save, and stops with a
@@ -20,9 +22,7 @@ Resilience (README.md § "Resuming, preemption and errors"):
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,73 +30,16 @@ import numpy as np
 import optax
 from absl import logging
 from etils import epath
-from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import (augment, checkpoint, guards, logs, losses, monitor, optim, parallel,
-                        progress, resume)
+from simclr_jax import (augment, checkpoint, guards, logs, losses, monitor, parallel, progress,
+                        resume)
+from simclr_jax import state as state_lib
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import pipeline
-from simclr_jax.models import simclr as simclr_model
 
 
-class TrainState(train_state.TrainState):
-  batch_stats: Any = None
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything a run derives from its config, built once (also used by linear evaluation)."""
-  config: Any
-  mesh: Any
-  model: Any
-  tx: Any
-  schedule: Any
-  steps_per_epoch: int
-  total_steps: int
-  num_classes: int
-
-
-def build(config, num_train_examples: int) -> Setup:
-  mesh = parallel.make_mesh(config.train.num_devices)
-  batch_size = config.train.batch_size
-  parallel.check_batch_size(batch_size, mesh)
-  steps_per_epoch = max(1, num_train_examples // batch_size)
-  total_steps = config.train.steps if config.train.steps > 0 else (
-      config.train.epochs * steps_per_epoch)
-  num_classes = config.data.num_classes if config.model.online_head else 0
-  model = simclr_model.model_from_config(config.model, num_classes=num_classes,
-                                         bn_axis_name=parallel.DATA)
-  tx, schedule = optim.make_optimizer(config.optim, batch_size, steps_per_epoch, total_steps)
-  # The online head gets its own optimizer (and no gradient from the SSL loss, nor gives one to
-  # the encoder). A workdir written before `online_eval` existed trained it with `tx`: keep
-  # that, so its checkpoints (optimizer state included) still restore.
-  if num_classes and config.get("online_eval") is not None:
-    tx = optim.with_online_head(tx, optim.online_optimizer(config.online_eval))
-  return Setup(config, mesh, model, tx, schedule, steps_per_epoch, total_steps, num_classes)
-
-
-def init_state(setup: Setup, rng) -> TrainState:
-  """Initial state, replicated on the mesh. Init runs BatchNorm in inference mode, which needs
-  no mesh axis, so the same module (with bn_axis_name) serves init and the sharded step."""
-  c = setup.config.data
-  dummy = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
-
-  def _init(rng):
-    variables = setup.model.init({"params": rng, "dropout": rng}, dummy, train=False)
-    state = TrainState.create(apply_fn=setup.model.apply, params=variables["params"],
-                              batch_stats=variables.get("batch_stats", {}), tx=setup.tx)
-    # A strong int32 step, as a restored checkpoint has (create's 0 is weakly typed): a resumed
-    # run then runs the very executable a fresh one compiled (the same bits, and a compilation
-    # cache hit), not one traced for another step type.
-    return state.replace(step=jnp.zeros((), jnp.int32))
-
-  # Non-partitionable threefry: the same kind of key, ~3x less XLA compile time for init on
-  # CPU (tens of seconds for a ResNet); init's outputs are replicated, so nothing is lost.
-  with jax.threefry_partitionable(False):
-    return jax.jit(_init, out_shardings=parallel.replicated(setup.mesh))(rng)
-
-
-def make_train_step(setup: Setup, augment_key):
+def make_train_step(setup: state_lib.Setup, augment_key):
   """The jitted update `(state, batch) -> (state, metrics)`; `batch` is sharded on 'data'.
 
   The per-device part (augment, forward, loss) runs under shard_map: BatchNorm averages its
@@ -141,7 +84,7 @@ def make_train_step(setup: Setup, augment_key):
       in_specs=(P(), P(), P(parallel.DATA), P(parallel.DATA), P(parallel.DATA), P()),
       out_specs=(P(), (P(), P())))
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: state_lib.TrainState, batch):
     dropout_key = jax.random.fold_in(augment_key, state.step)
 
     def loss_fn(params):
@@ -184,12 +127,9 @@ def views_grid(config, source, augment_key, n: int = 8) -> np.ndarray:
   return augment.grid_image(images, v1, v2, tuple(value_range) if value_range else None)
 
 
-def run_keys(seed: int):
-  """(init key, augment key) of a run: one place, so grids and probes see what training saw."""
-  return tuple(jax.random.split(jax.random.PRNGKey(seed)))
-
-
-def _device_batch(mesh, batch) -> dict:
+def device_batch(mesh, batch) -> dict:
+  """A host batch of the data pipeline as the train step takes it: global arrays sharded on
+  'data', labels and ids as int32."""
   return parallel.host_to_global(mesh, {
       "image": batch["image"], "label": batch["label"].astype(np.int32),
       # ids seed the per-sample augmentation keys; int32 covers 2^31 samples (ImageNet x 1600).
@@ -217,7 +157,7 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   # compiles or writes; then the workdir and its config.json (simclr_jax/resume.py).
   source = resume.start_run(config, workdir)
   is_chief = jax.process_index() == 0
-  setup = build(config, len(source))
+  setup = state_lib.build(config, len(source))
   dataset = pipeline.pretrain_dataset(
       source, global_batch_size=config.train.batch_size, seed=config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -227,8 +167,8 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   # built first, so that a config it refuses fails before any compiling.
   watch = monitor.PretrainMonitor(config, setup, workdir, source)
 
-  init_rng, augment_key = run_keys(config.seed)
-  state = init_state(setup, init_rng)
+  init_rng, augment_key = state_lib.run_keys(config.seed)
+  state = state_lib.init_state(setup, init_rng)
   manager = checkpoint.make_manager(workdir, config.train.checkpoint_every,
                                     config.train.keep_checkpoints, cleanup=True)
   if manager.latest_step() is not None:
@@ -249,14 +189,14 @@ def pretrain(config, workdir: str) -> dict[str, float]:
                config.train.batch_size, setup.total_steps, setup.steps_per_epoch)
   train_step = make_train_step(setup, augment_key)
   # Imported here: clu's writers import TensorFlow (5 s), which importing this module (e.g. for
-  # TrainState, `build` or `Preempted`) need not pay.
+  # `make_train_step` or `Preempted`) need not pay.
   from clu import metric_writers
   writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
   if start == 0 and is_chief:
     writer.write_images(0, {"augment/views": views_grid(config, source, augment_key)[None]})
     writer.write_hparams(logs.hparams(config))
 
-  check_finite = guards.FiniteCheck(int(config.train.get("max_bad_steps", 0)), manager)
+  check_finite = guards.FiniteCheck(int(config.train.max_bad_steps), manager)
   multiprocess = jax.process_count() > 1
   history, last, preempted = [], {}, None
   t0, images_since = time.perf_counter(), 0
@@ -264,7 +204,7 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   try:
     with guards.StopSignals() as signals:
       for step in range(start, end):
-        batch = _device_batch(setup.mesh, next(data_iter))
+        batch = device_batch(setup.mesh, next(data_iter))
         state, metrics = train_step(state, batch)
         done = step + 1
         check_finite.add(done, metrics)
@@ -307,7 +247,7 @@ def pretrain(config, workdir: str) -> dict[str, float]:
           checkpoint.save(manager, done, state, data_iter, force=force)
         if stop:
           logging.info("Early stop at step %d: see %s", done,
-                       epath.Path(workdir) / monitor.HISTORY)
+                       epath.Path(workdir) / workdir_lib.HISTORY)
           break
         if signalled:
           preempted = done
@@ -324,15 +264,8 @@ def pretrain(config, workdir: str) -> dict[str, float]:
     manager.close()
     if hasattr(data_iter, "close"):
       data_iter.close()
-  if preempted is None and is_chief and config.train.get("report", True):
-    from simclr_jax import report        # matplotlib; a failed report never fails the run
-    try:
-      logging.info("Model report: %s", report.write_report(workdir))
-    except Exception as e:  # noqa: BLE001
-      logging.warning("report.md not written (%s): python scripts/report.py --workdir %s", e,
-                      workdir)
   if preempted is not None:
     logging.warning("preempted at step %d: checkpoint saved in %s, run the same command to "
-                    "resume", preempted, epath.Path(workdir) / checkpoint.CHECKPOINTS)
+                    "resume", preempted, epath.Path(workdir) / workdir_lib.CHECKPOINTS)
     raise Preempted(preempted)
   return last

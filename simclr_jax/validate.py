@@ -103,20 +103,18 @@ def names_of(name: str) -> Callable[[], tuple]:
     import importlib
     module, attr = {
         "sources": ("simclr_jax.data.sources", "SOURCES"),
-        "dtypes": ("simclr_jax.models.simclr", "_DTYPES"),
+        "dtypes": ("simclr_jax.models.simclr", "DTYPES"),
         "optimizers": ("simclr_jax.optim", "OPTIMIZERS"),
         "lr_scalings": ("simclr_jax.optim", "LR_SCALINGS"),
         "schedules": ("simclr_jax.optim", "SCHEDULES"),
         "probes": ("simclr_jax.evaluate", "PROBES"),
         "baselines": ("simclr_jax.evaluate", "BASELINES"),
+        "conv_impls": ("simclr_jax.models.onednn", "CONV_IMPLS"),
         "ft_optimizers": ("simclr_jax.finetune", "OPTIMIZERS"),
         "batch_norm": ("simclr_jax.finetune", "BATCH_NORM")}.get(name, (None, None))
     if name == "backbones":
       from simclr_jax import models
       return tuple(models.BACKBONES) + tuple(models.SK_BACKBONES)
-    if name == "conv_impls":
-      from simclr_jax.models import resnet
-      return tuple(resnet.CONV_IMPLS) + ("auto",)
     return tuple(getattr(importlib.import_module(module), attr))
   return names
 
@@ -269,11 +267,17 @@ def check_cross(config, purpose: str) -> None:
     metric = t.monitor.removeprefix("eval/")
     if metric != "knn_accuracy" and not m.online_head:
       fail("train.monitor", t.monitor, "'knn_accuracy' without model.online_head=True")
-  ft = config.get("finetune")
-  if ft is not None and purpose == "finetune" and ft.from_projection > m.proj_layers - 1:
+  if config.get("finetune") is not None and purpose == "finetune":
+    check_finetune(config)
+  check_devices(config)
+
+
+def check_finetune(config) -> None:
+  """The fine-tuning group against the model (also finetune.Trainer's check)."""
+  ft, m = config.finetune, config.model
+  if ft.from_projection > m.proj_layers - 1:
     fail("finetune.from_projection", ft.from_projection,
          f"0..{m.proj_layers - 1} (model.proj_layers={m.proj_layers})")
-  check_devices(config)
 
 
 def check_devices(config) -> None:

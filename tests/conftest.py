@@ -1,23 +1,75 @@
 """Test setup: 8 emulated CPU devices, set before the first JAX operation (device
-count flags are read once, when the CPU backend starts)."""
+count flags are read once, when the CPU backend starts), through the scripts' own start-up
+functions (simclr_jax/startup.py)."""
 
 import os
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-
-import jax  # noqa: E402
-
-jax.config.update("jax_num_cpu_devices", 8)
-
-# One persistent compilation cache for the session, in-process and in the child processes
-# (tests/helpers.child_env): many tests compile the same tiny programs, and the scripts would
-# otherwise write theirs under the user's ~/.cache.
-import tempfile  # noqa: E402
-
-XLA_CACHE = os.environ.setdefault("SIMCLR_JAX_TEST_XLA_CACHE",
-                                  tempfile.mkdtemp(prefix="simclr_jax_xla_cache_"))
-jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
 # The oneDNN convolution handlers, built once for the session (and its child processes, which
 # inherit the variable) instead of under the user's ~/.cache.
 os.environ.setdefault("SIMCLR_JAX_ONEDNN_BUILD_DIR",
                       tempfile.mkdtemp(prefix="simclr_jax_onednn_build_"))
+# One persistent compilation cache for the session, in-process and in the child processes
+# (tests/helpers.child_env): many tests compile the same tiny programs, and the scripts would
+# otherwise write theirs under the user's ~/.cache.
+XLA_CACHE = os.environ.setdefault("SIMCLR_JAX_TEST_XLA_CACHE",
+                                  tempfile.mkdtemp(prefix="simclr_jax_xla_cache_"))
+
+from simclr_jax import startup  # noqa: E402
+
+startup.use_all_cpu_cores(8)            # a device count the user's XLA_FLAGS gives wins
+startup.use_compilation_cache(XLA_CACHE)
+# The convolution path is not decided here: a test's config ('auto' by default) is resolved
+# where the scripts resolve it (startup.resolve_conv) or, built directly, by the model through
+# the same function (models/onednn.resolve_conv_impl).
+
+
+# --- The session's one pretraining run, shared by the tests that read a finished run ----------
+
+import pytest  # noqa: E402
+
+
+def tiny_run_config(steps: int, evaluate: bool):
+  """configs/digits.py:tiny with the online head, on one device (compile time dominates: one
+  device is the cheapest); `evaluate`: one kNN evaluation, at step 2 (the best checkpoint)."""
+  from configs import digits
+  c = digits.get_config("tiny")
+  c.train.steps = steps
+  c.train.num_devices = 1
+  c.model.online_head = True
+  if evaluate:
+    c.eval.every_epochs = 2 / (1437 // c.train.batch_size)
+    c.eval.knn_bank_size = 256
+  return c
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> str:
+  """The workdir of a real (tiny) pretraining run, made once per session for every test that
+  reads a finished run (test_report, test_export, test_evaluate): a 2-step run (kNN evaluation
+  at step 2: checkpoints_best/2) continued to 3 steps by a second start that writes the report:
+  two event files, latest checkpoint 3. Shared: read it only; a test that writes into a
+  workdir (a report, linear_eval.json) copies it first (shutil.copytree)."""
+  from simclr_jax import report, train
+  workdir = str(tmp_path_factory.mktemp("tiny_run"))
+  train.pretrain(tiny_run_config(2, evaluate=True), workdir)
+  config = tiny_run_config(3, evaluate=False)
+  config.train.report = True          # the end of a run writes the report (tiny configs: off)
+  train.pretrain(config, workdir)
+  report.write_after_pretraining(config, workdir)     # as scripts/pretrain.py does
+  assert os.path.exists(os.path.join(workdir, "report.md"))
+  assert os.path.exists(os.path.join(workdir, "plots", "loss_curve.png"))
+  before = _files(workdir)
+  yield workdir
+  assert _files(workdir) == before, "a test wrote into the shared tiny_run: copy it first"
+
+
+def _files(root: str) -> dict:
+  """{relative path: (size, mtime)} of every file under root."""
+  out = {}
+  for d, _, names in os.walk(root):
+    for name in names:
+      st = os.stat(os.path.join(d, name))
+      out[os.path.relpath(os.path.join(d, name), root)] = (st.st_size, st.st_mtime_ns)
+  return out

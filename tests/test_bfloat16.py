@@ -12,6 +12,7 @@ import numpy as np
 
 from configs import digits
 from simclr_jax import parallel, train
+from simclr_jax import state as state_lib
 
 
 def _one_step(dtype: str, state0=None):
@@ -21,15 +22,15 @@ def _one_step(dtype: str, state0=None):
   c.train.batch_size = 16
   c.model.dtype = dtype
   c.optim.warmup_epochs = 0.0       # a real update at step 1 (warm-up starts at lr 0)
-  setup = train.build(c, 1437)
-  init_rng, augment_key = train.run_keys(0)
+  setup = state_lib.build(c, 1437)
+  init_rng, augment_key = state_lib.run_keys(0)
   if state0 is None:
-    state0 = jax.device_get(train.init_state(setup, init_rng))
+    state0 = jax.device_get(state_lib.init_state(setup, init_rng))
   state = jax.device_put(state0, parallel.replicated(setup.mesh))
   batch = {"image": np.random.default_rng(1).uniform(size=(16, 16, 16, 1)).astype(np.float32),
            "label": np.arange(16) % 10, "id": np.arange(16)}
   step = train.make_train_step(setup, augment_key)
-  device_batch = train._device_batch(setup.mesh, batch)  # pylint: disable=protected-access
+  device_batch = train.device_batch(setup.mesh, batch)
   hlo = step.lower(state, device_batch).as_text()
   new, metrics = step(state, device_batch)
   return state0, jax.device_get(new), jax.device_get(metrics), hlo

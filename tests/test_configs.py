@@ -15,6 +15,7 @@ import pytest
 
 from helpers import ROOT
 from simclr_jax import train, validate
+from simclr_jax import state as state_lib
 from simclr_jax.data import pipeline, sources
 
 CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
@@ -42,8 +43,8 @@ def _tiny(name, tmp_path):
     c.data.path = _rgb_npz(str(tmp_path), 48)
     c.data.num_classes = 10
   elif name == "sdobenchmark":
-    from test_finetune import _write_sdobenchmark
-    _write_sdobenchmark(str(tmp_path))
+    from test_finetune import write_sdobenchmark
+    write_sdobenchmark(str(tmp_path))
     c.data.path = str(tmp_path)
   return c
 
@@ -58,13 +59,13 @@ def test_config_builds_and_runs_one_step(name, tmp_path):
   config = _tiny(name, tmp_path)
   validate.check(config, "pretrain")
   source = sources.make_source(config.data, config.data.train_split)
-  setup = train.build(config, len(source))
-  init_rng, augment_key = train.run_keys(config.seed)
-  state = train.init_state(setup, init_rng)
+  setup = state_lib.build(config, len(source))
+  init_rng, augment_key = state_lib.run_keys(config.seed)
+  state = state_lib.init_state(setup, init_rng)
   batch = next(iter(pipeline.pretrain_dataset(source, global_batch_size=config.train.batch_size,
                                               seed=0)))
   state, metrics = train.make_train_step(setup, augment_key)(
-      state, train._device_batch(setup.mesh, batch))
+      state, train.device_batch(setup.mesh, batch))
   metrics = jax.device_get(metrics)
   assert int(state.step) == 1 and bool(metrics["finite"])
   # NT-Xent of 2B views with cosine similarities in [-1, 1] lies in [0, log(2B - 1) + 2 / T].

@@ -1,4 +1,4 @@
-"""The CPU paths the scripts start (simclr_jax/parallel.py): oneDNN's convolutions on one device
+"""The CPU paths the scripts start (simclr_jax/startup.py): oneDNN's convolutions on one device
 per process, else XLA's on emulated devices (up to 8 per core); how many devices each picks,
 and that the step each runs is the plain one-device step on XLA's convolutions."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import run_python
-from simclr_jax import parallel
+from simclr_jax import startup
 
 
 @pytest.mark.parametrize("batch,processes,cores,want", [
@@ -28,46 +28,47 @@ from simclr_jax import parallel
     (9, 2, 2, 2),         # the processes do not divide the batch: one per core, the check says
 ])
 def test_cpu_device_count(batch, processes, cores, want):
-  assert parallel.cpu_device_count(batch, processes, cores) == want
+  assert startup.cpu_device_count(batch, processes, cores) == want
 
 
 # One train step of the tiny digits config (16x16, ResNet-18 at width 1/8, LARS, batch 64),
 # from the seed's state, in a child process started the way scripts/pretrain.py starts
-# (`use_cpu_path_for`, or the device count of argv[2]) with model.conv_impl argv[3]; writes the
+# (`startup.start`, or the device count of argv[2]) with model.conv_impl argv[3]; writes the
 # metrics, the parameters before and after the step, the device count and the convolution.
 _CHILD = r"""
 import json, sys
 import numpy as np
 from configs import digits
-from simclr_jax import parallel
+from simclr_jax import startup
 c = digits.get_config("tiny")
 c.data.image_size = 16
 c.train.batch_size = 64
 c.train.num_devices = int(sys.argv[2])
 c.model.conv_impl = sys.argv[3]
-parallel.use_cpu_path_for(c)
+startup.start(c)
 import jax
 from simclr_jax import train
-from simclr_jax.models import simclr
-setup = train.build(c, 1437)
-init_rng, augment_key = train.run_keys(0)
-state0 = train.init_state(setup, init_rng)
+from simclr_jax import state as state_lib
+setup = state_lib.build(c, 1437)
+init_rng, augment_key = state_lib.run_keys(0)
+state0 = state_lib.init_state(setup, init_rng)
 rng = np.random.default_rng(1)
 batch = {"image": rng.uniform(size=(64, 16, 16, 1)).astype(np.float32),
          "label": np.arange(64) % 10, "id": np.arange(64)}
 step = train.make_train_step(setup, augment_key)
-device_batch = train._device_batch(setup.mesh, batch)
+device_batch = train.device_batch(setup.mesh, batch)
 before = jax.device_get(state0.params)
 new, metrics = step(state0, device_batch)
 leaves = lambda t: [np.asarray(x) for x in jax.tree.leaves(jax.device_get(t))]
 np.savez(sys.argv[1], *leaves(before), *leaves(new.params))
 print("METRICS " + json.dumps({k: float(v) for k, v in jax.device_get(metrics).items()}
                                | {"devices": int(setup.mesh.devices.size),
-                                  "conv": simclr.conv_impl(c.model)}))
+                                  "conv": c.model.conv_impl}))
 """
 
 
-@pytest.mark.parametrize("conv,want_devices", [("auto", 1), ("xla", parallel.cpu_device_count(64))])
+@pytest.mark.parametrize("conv,want_devices", [("auto", 1), ("xla", startup.cpu_device_count(64))])
+@pytest.mark.slow
 def test_the_default_cpu_path_computes_the_one_device_step(tmp_path, conv, want_devices):
   """The default start ('auto': oneDNN's convolutions, one device) and the start on XLA's
   convolutions (the batch of 64 split over 4 emulated devices on a 2-core host, BatchNorm

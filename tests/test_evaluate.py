@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -13,7 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from configs import digits
-from simclr_jax import checkpoint, evaluate, metrics, models, monitor, probes, train
+from simclr_jax import checkpoint, evaluate, metrics, models, parallel, probes
+from simclr_jax import state as state_lib
 from simclr_jax.data import sources
 
 
@@ -56,12 +58,16 @@ def test_fit_probe_on_raw_digits_matches_the_known_level():
   assert 0.90 < r["test_accuracy"] < 1.0
 
 
-def test_linear_eval_on_a_pretrained_run(tmp_path):
-  config = digits.get_config("tiny")
-  config.eval.baselines = ("random_init",)
-  config.eval.label_fractions = (0.25, 1.0)
+def test_linear_eval_on_a_pretrained_run(tiny_run, tmp_path):
+  # The session's tiny run (tests/conftest.py; best checkpoint: step 2), copied: linear_eval
+  # writes into the workdir. The probe's settings go into the run's config.json.
   workdir = str(tmp_path / "run")
-  train.pretrain(config, workdir)
+  shutil.copytree(tiny_run, workdir)
+  with open(os.path.join(workdir, "config.json")) as f:
+    saved_config = json.load(f)
+  saved_config["eval"].update(baselines=["random_init"], label_fractions=[0.25, 1.0])
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(saved_config, f, indent=2)
   report = evaluate.linear_eval(workdir)     # config read back from workdir/config.json
   with open(os.path.join(workdir, "linear_eval.json")) as f:
     saved = json.load(f)
@@ -149,8 +155,8 @@ def test_probe_features_equal_an_independent_forward_pass_of_the_restored_step(t
   config = digits.get_config("tiny")
   config.data.image_size = 16
   workdir = str(tmp_path)
-  setup = train.build(config, 1437)
-  state = train.init_state(setup, train.run_keys(config.seed)[0])
+  setup = state_lib.build(config, 1437)
+  state = state_lib.init_state(setup, state_lib.run_keys(config.seed)[0])
   manager = checkpoint.make_manager(workdir, 1, 3)
   moved = {}
   for step in (1, 2):        # two checkpoints with different weights
@@ -158,11 +164,12 @@ def test_probe_features_equal_an_independent_forward_pass_of_the_restored_step(t
     checkpoint.save(manager, step, st, force=True)
   manager.wait_until_finished()
   manager.close()
-  restored, step, kind = monitor.restore_for_eval(workdir, "1", monitor.abstract_state(
-      setup, config.seed))
-  assert (step, kind) == (1, "step")
+  mesh = parallel.make_mesh(config.train.num_devices)
+  model = state_lib.make_model(config)
+  restored, step, kind = state_lib.restore(config, workdir, "1", mesh)
+  assert (step, kind) == (1, "step") and set(restored) == {"params", "batch_stats"}
   src = sources.make_source(config.data, "test")
-  feats, labels = evaluate.extract_features(setup, restored, src, 64)
+  feats, labels = evaluate.extract_features(model, mesh, restored, src, 64)
   # Independently: orbax alone reads step 1, a fresh encoder module applies it, one device.
   mngr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("state",))
   raw = mngr.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
@@ -174,11 +181,10 @@ def test_probe_features_equal_an_independent_forward_pass_of_the_restored_step(t
                        "batch_stats": raw["batch_stats"]["encoder"]}, images, train=False)
   np.testing.assert_allclose(feats, np.asarray(ref), rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(labels, src.labels)
-  latest, step, _ = monitor.restore_for_eval(workdir, "best", monitor.abstract_state(
-      setup, config.seed))        # no best checkpoint kept: the latest
+  latest, step, _ = state_lib.restore(config, workdir, "best", mesh)   # no best kept: latest
   assert step == 2 and not np.allclose(
-      evaluate.extract_features(setup, latest, src, 64)[0], feats)
+      evaluate.extract_features(model, mesh, latest, src, 64)[0], feats)
   with pytest.raises(ValueError, match="eval.checkpoint='7': no such step"):
-    monitor.restore_for_eval(workdir, "7", monitor.abstract_state(setup, config.seed))
+    state_lib.restore(config, workdir, "7", mesh)
   with pytest.raises(ValueError, match="eval.checkpoint='newest': expected 'best', 'latest'"):
-    monitor.restore_for_eval(workdir, "newest", monitor.abstract_state(setup, config.seed))
+    state_lib.restore(config, workdir, "newest", mesh)

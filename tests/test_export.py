@@ -13,12 +13,12 @@ import pytest
 import simclr_jax
 from simclr_jax import export
 from simclr_jax.models import simclr as simclr_model
-from test_report import tiny_resumed_run
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  return tiny_resumed_run(tmp_path_factory)
+def workdir(tiny_run):
+  """The session's tiny run (tests/conftest.py): read only here (exports go to tmp_path)."""
+  return tiny_run
 
 
 def _images(n=6, seed=0):

@@ -15,8 +15,10 @@ from PIL import Image
 
 from configs import digits, sdo, sdobenchmark
 from helpers import run_python
-from simclr_jax import checkpoint, finetune, monitor, train
+from simclr_jax import checkpoint, finetune
+from simclr_jax import state as state_lib
 from simclr_jax.data import sources
+from simclr_jax.data.subset import Subset
 from simclr_jax.data.sources import solar
 
 
@@ -35,8 +37,8 @@ def _workdir(config, path, num_examples):
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  setup = train.build(config, num_examples)
-  state = train.init_state(setup, train.run_keys(config.seed)[0])
+  setup = state_lib.build(config, num_examples)
+  state = state_lib.init_state(setup, state_lib.run_keys(config.seed)[0])
   noise = jax.random.PRNGKey(7)
   state = state.replace(params=jax.tree.map(
       lambda p: p + 0.01 * jax.random.normal(noise, p.shape, p.dtype), state.params))
@@ -58,8 +60,8 @@ def _saved(workdir, step=3):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   config = _config()
-  workdir, setup = _workdir(config, tmp_path_factory.mktemp("pretrained"), 1437)
-  return config, workdir, monitor.abstract_state(setup, config.seed)
+  workdir, _ = _workdir(config, tmp_path_factory.mktemp("pretrained"), 1437)
+  return config, workdir
 
 
 def _bits(tree):
@@ -67,13 +69,13 @@ def _bits(tree):
 
 
 def test_encoder_lr_zero_leaves_encoder_and_projection_layer_bitwise_unchanged(run):
-  _, workdir, template = run
+  _, workdir = run
   config = _config()
   config.finetune.encoder_lr = 0.0            # batch_norm 'auto' -> frozen running stats
   config.finetune.from_projection = 1         # SimCLR v2: from the first projection layer
   src = sources.make_source(config.data, "train")
   trainer = finetune.Trainer(config, 10, multilabel=False)
-  pretrained, step, kind = monitor.restore_for_eval(workdir, "latest", template)
+  pretrained, step, kind = state_lib.restore(config, workdir, "latest", trainer.mesh)
   assert (step, kind) == (3, "latest")
   state = trainer.init(0, pretrained)
   saved = _saved(workdir)
@@ -85,7 +87,7 @@ def test_encoder_lr_zero_leaves_encoder_and_projection_layer_bitwise_unchanged(r
   assert state.params["head"]["out"]["kernel"].shape == (config.model.hidden_mlp, 10)
   head_before = jax.tree.map(np.asarray, state.params["head"])
   fit, val = np.arange(0, 160), np.arange(160, 200)
-  _, last, info = trainer.fit(state, finetune.Subset(src, fit), finetune.Subset(src, val),
+  _, last, info = trainer.fit(state, Subset(src, fit), Subset(src, val),
                               src.labels[val], "label", seed=0)
   assert info["epochs_run"] == 2 and int(last.step) == 2 * (160 // 16)
   for group in ("params", "batch_stats"):
@@ -108,12 +110,12 @@ def test_from_projection_beyond_the_hidden_layers_is_refused():
 def test_bad_fields_name_the_field():
   config = _config()
   config.finetune.batch_norm = "sometimes"
-  with pytest.raises(ValueError, match="finetune.batch_norm='sometimes': expected train"):
+  with pytest.raises(ValueError, match="finetune.batch_norm='sometimes': expected one of train"):
     finetune.Trainer(config, 10, multilabel=False)
 
 
 def test_finetune_writes_json_and_table_with_the_protocol_splits(run):
-  config, workdir, _ = run
+  config, workdir = run
   config = copy.deepcopy(config)
   # Two fractions: each starts from the same pretrained arrays, which the first one's donating
   # train step must not have consumed.
@@ -139,7 +141,7 @@ def test_finetune_writes_json_and_table_with_the_protocol_splits(run):
     assert f"| {fraction:.0%} | {acc[0]:.4f} | {acc[1]:.4f} |" in table
 
 
-def _write_sdobenchmark(root, regions=8, per_region=3, test_regions=2, side=16):
+def write_sdobenchmark(root, regions=8, per_region=3, test_regions=2, side=16):
   """SDOBenchmark layout: training/ and test/ with meta_data.csv and one magnetogram jpg per
   sample at 11h50 (time step 3). Flaring samples (>= 1e-6) carry a bright square."""
   rng = np.random.default_rng(0)
@@ -166,7 +168,7 @@ def _write_sdobenchmark(root, regions=8, per_region=3, test_regions=2, side=16):
 
 def test_sdobenchmark_finetune_end_to_end_writes_tss_and_hss(tmp_path):
   data = tmp_path / "SDOBenchmark"
-  _write_sdobenchmark(str(data))
+  write_sdobenchmark(str(data))
   config = sdobenchmark.get_config("tiny")
   config.data.path = str(data)
   config.data.image_size = 16
@@ -189,13 +191,14 @@ def test_sdobenchmark_finetune_end_to_end_writes_tss_and_hss(tmp_path):
   assert "TSS" in open(os.path.join(workdir, "finetune.md")).read()
 
 
+@pytest.mark.slow
 def test_solarnet_protocol_sdo_pretraining_finetuned_on_sdobenchmark_by_the_documented_command(
     tmp_path):
   """configs/sdobenchmark.py's command for SolarNet's protocol: a workdir pretrained on SDO
   magnetograms (configs/sdo.py, here its tiny variant on the bundled HMI patches, with the full
   recipe's flare classes) fine-tuned on SDOBenchmark by overrides alone, scored by TSS/HSS."""
   data = tmp_path / "SDOBenchmark"
-  _write_sdobenchmark(str(data))
+  write_sdobenchmark(str(data))
   full = sdo.get_config()
   config = sdo.get_config("tiny")
   config.data.num_classes = full.data.num_classes

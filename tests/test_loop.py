@@ -104,6 +104,7 @@ def _cache_hits(stderr: str) -> list[str]:
   return re.findall(r"Persistent compilation cache hit for '([^']+)'", stderr)
 
 
+@pytest.mark.slow
 def test_a_second_start_loads_the_train_step_from_the_compilation_cache(tmp_path):
   """Two processes of scripts/pretrain.py with the same config (the second a new run in a new
   workdir, as a sweep point or a rerun is): the first compiles and writes the cache under
@@ -126,16 +127,16 @@ def test_a_second_start_loads_the_train_step_from_the_compilation_cache(tmp_path
 
 
 def test_the_cache_can_be_turned_off_and_a_set_directory_wins(tmp_path, monkeypatch):
-  from simclr_jax import parallel
+  from simclr_jax import startup
   before = jax.config.jax_compilation_cache_dir
   try:
     monkeypatch.setenv("SIMCLR_JAX_COMPILATION_CACHE", "0")
-    assert parallel.use_compilation_cache() == ""
+    assert startup.use_compilation_cache() == ""
     monkeypatch.delenv("SIMCLR_JAX_COMPILATION_CACHE")
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
-    assert parallel.use_compilation_cache() == str(tmp_path / "mine")
+    assert startup.use_compilation_cache() == str(tmp_path / "mine")
     jax.config.update("jax_compilation_cache_dir", None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert parallel.use_compilation_cache() == str(tmp_path / "xdg" / "simclr_jax" / "xla")
+    assert startup.use_compilation_cache() == str(tmp_path / "xdg" / "simclr_jax" / "xla")
   finally:
     jax.config.update("jax_compilation_cache_dir", before)

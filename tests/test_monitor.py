@@ -11,7 +11,8 @@ import pytest
 
 from configs import digits
 from helpers import scalars
-from simclr_jax import monitor, parallel, train
+from simclr_jax import monitor, parallel, train, validate
+from simclr_jax import state as state_lib
 from simclr_jax.data import sources
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}    # the same HLO, half the compile time
@@ -73,29 +74,31 @@ def test_knn_predict_matches_a_numpy_reference(temperature):
 # Early stopping: scripted metric sequences, the stopping evaluation derived by hand.
 # ---------------------------------------------------------------------------------------------
 
-def _first_stop(stopper, values):
+def _first_stop(patience, mode, values, min_delta=0.0):
+  """(index of the stopping value or None, best value, index of the best)."""
+  stopper, best = monitor.early_stopping(patience, min_delta), None
   for i, v in enumerate(values):
-    if stopper.update(v):
-      return i
-  return None
+    stopper = stopper.update(-v if mode == "max" else v)   # flax's minimises
+    if stopper.has_improved:
+      best = i
+    if stopper.should_stop:
+      return i, values[best], best
+  return None, values[best], best
 
 
 def test_early_stopping_stops_at_the_hand_derived_evaluation():
   # max, patience 3: best 0.5 (#0), 0.6 (#1); #2 ties (no improvement: 1), #3 lower (2); 0.61 at
   # #4 is a new best; #5, #6, #7 are not (1, 2, 3): the stop is at #7.
   seq = [0.5, 0.6, 0.6, 0.55, 0.61, 0.60, 0.59, 0.58, 0.9]
-  s = monitor.EarlyStopping(patience=3, mode="max")
-  assert _first_stop(s, seq) == 7 and s.best == 0.61 and s.best_index == 4
+  assert _first_stop(3, "max", seq) == (7, 0.61, 4)
   # min_delta 0.02: 0.61 is not better than 0.6 by more than 0.02, so the count runs on from
   # #2: #2 (1), #3 (2), #4 (3) -> stop at #4.
-  assert _first_stop(monitor.EarlyStopping(3, "max", min_delta=0.02), seq) == 4
+  assert _first_stop(3, "max", seq, min_delta=0.02)[0] == 4
   # min, patience 2 on a loss: 1.0, 0.8 (best, #1), 0.9 (1), 0.7 (best, #3), 0.7 (1), 0.75 (2).
-  assert _first_stop(monitor.EarlyStopping(2, "min"), [1.0, 0.8, 0.9, 0.7, 0.7, 0.75]) == 5
+  assert _first_stop(2, "min", [1.0, 0.8, 0.9, 0.7, 0.7, 0.75])[0] == 5
   # patience 0 never stops; patience 1 stops at the first evaluation that is no better.
-  assert _first_stop(monitor.EarlyStopping(0), [3, 2, 1, 0]) is None
-  assert _first_stop(monitor.EarlyStopping(1, "max"), [1, 2, 2]) == 2
-  with pytest.raises(ValueError, match="monitor_mode"):
-    monitor.EarlyStopping(1, "maximum")
+  assert _first_stop(0, "min", [3, 2, 1, 0])[0] is None
+  assert _first_stop(1, "max", [1, 2, 2])[0] == 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ def test_early_stopping_stops_at_the_hand_derived_evaluation():
 def _one_step(setup, state, batch, augment_key):
   step = train.make_train_step(setup, augment_key)
   state = jax.device_put(state, parallel.replicated(setup.mesh))
-  batch = train._device_batch(setup.mesh, batch)
+  batch = train.device_batch(setup.mesh, batch)
   new, metrics = step.lower(state, batch).compile(compiler_options=FAST_COMPILE)(state, batch)
   return jax.device_get(new), jax.device_get(metrics)
 
@@ -118,13 +121,13 @@ def test_online_head_leaves_the_encoder_and_projection_update_unchanged():
   idx = np.arange(32)
   batch = {"image": np.stack([src[i]["image"] for i in idx]), "label": src.labels[idx],
            "id": idx}
-  init_rng, augment_key = train.run_keys(without.seed)
-  s_head = train.build(with_head, len(src))
-  s_ref = train.build(without, len(src))
-  state = jax.device_get(train.init_state(s_head, init_rng))  # on the host: steps donate
+  init_rng, augment_key = state_lib.run_keys(without.seed)
+  s_head = state_lib.build(with_head, len(src))
+  s_ref = state_lib.build(without, len(src))
+  state = jax.device_get(state_lib.init_state(s_head, init_rng))  # on the host: steps donate
   # The reference: the same encoder and projection, no head, the SSL optimizer alone.
   drop = lambda tree: {k: v for k, v in tree.items() if k != "online_head"}  # noqa: E731
-  ref_state = jax.device_get(train.TrainState.create(
+  ref_state = jax.device_get(state_lib.TrainState.create(
       apply_fn=s_ref.model.apply, params=drop(state.params),
       batch_stats=drop(state.batch_stats), tx=s_ref.tx))
   new, metrics = _one_step(s_head, state, batch, augment_key)
@@ -198,13 +201,11 @@ def test_run_with_evaluation_keeps_the_best_checkpoint_and_stops_early(tmp_path,
     report = json.load(f)
   assert report["best_step"] == best + 1 and report["stopped"] == (stop < steps)
   assert [e["knn_accuracy"] for e in report["history"]] == pytest.approx(values, abs=1e-6)
-  # restore_for_eval('best') gives the parameters orbax itself reads at the best step.
-  setup = train.build(config, 1437)
-  template = monitor.abstract_state(setup, config.seed)
-  state, step, kind = monitor.restore_for_eval(workdir, "best", template)
+  # restore('best') gives the parameters orbax itself reads at the best step.
+  variables, step, kind = state_lib.restore(config, workdir, "best", parallel.make_mesh(1))
   assert (step, kind) == (best + 1, "best")
   want = _restore_params(os.path.join(workdir, "checkpoints"), best + 1)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), want)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(variables["params"]), want)
   if best + 1 != stop:      # and not the latest ones
     latest = _restore_params(os.path.join(workdir, "checkpoints"), stop)
     assert not np.array_equal(jax.tree.leaves(latest)[0], jax.tree.leaves(want)[0])
@@ -214,12 +215,12 @@ def test_run_with_evaluation_keeps_the_best_checkpoint_and_stops_early(tmp_path,
 
 
 def test_monitor_settings_are_refused_before_any_work():
+  # The checks train.pretrain runs (simclr_jax/validate.py) before it builds the monitor.
   assert [monitor.eval_interval(e, 44) for e in (0.0, 0.001, 0.5, 2.0)] == [0, 1, 22, 88]
   config = _tiny(**{"train.patience": 3})               # eval.every_epochs = 0: nothing to watch
-  setup = train.build(config, 1437)
-  with pytest.raises(ValueError, match=r"train.patience=3 .* eval.every_epochs > 0"):
-    monitor.PretrainMonitor(config, setup, "/nonexistent", None)
+  with pytest.raises(ValueError, match=r"train.patience=3: .* set eval.every_epochs > 0"):
+    validate.check(config, "pretrain", data=False)
   config.eval.every_epochs = 1.0
   config.train.monitor = "online_accuracy"              # model.online_head is off
   with pytest.raises(ValueError, match="train.monitor='online_accuracy'.*online_head"):
-    monitor.PretrainMonitor(config, setup, "/nonexistent", None)
+    validate.check(config, "pretrain", data=False)

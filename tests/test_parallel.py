@@ -1,17 +1,20 @@
 """Data parallelism: N devices, and N processes, compute what one device computes.
 
 * The full train step (real augmentations, tiny ResNet-18 with BatchNorm, online head, LARS)
-  on a mesh of 8 emulated devices against a mesh of 1, same state and global batch: loss,
-  metrics, the gradients themselves, params / batch_stats / optimizer state after the update.
-  A per-device loss (no all_gather) and per-device BatchNorm fail the same comparison.
+  on a mesh of 8 emulated devices against a mesh of 1, same state and global batch, in
+  float64: loss, metrics, the gradients themselves, params / batch_stats / optimizer state
+  after the update agree to 1e-9 (measured: 2e-14). A per-device loss (no all_gather) and
+  per-device BatchNorm fail the same comparison. In float32, the precision of real runs, the
+  forward values agree within the measured spread of two equivalent 1-device computations
+  (gradients are not continuous in float32: docs/numerics.md).
 * 2 processes x 2 devices (jax.distributed on 127.0.0.1, scripts/pretrain.py) train 3 steps,
   checkpointing each; a second 2-process invocation resumes from their checkpoint to step 4.
   Every logged step and every checkpoint is compared with the same step on 1 device from the
   same state, and the free-running losses with the uninterrupted 1-device run.
 * Multi-host start settings, and the batch-size check before anything compiles.
 
-Compile time dominates: every step function is compiled once (at -O0), and the 2-process run
-is started first so that it overlaps the in-process compiles.
+Compile time dominates: every step function is compiled once (at -O0). The 2-process run is
+in the slow tier.
 """
 
 import dataclasses
@@ -34,9 +37,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.util import tensor_util
 
 from configs import digits
-from simclr_jax import losses, parallel, train
+from simclr_jax import distributed, losses, parallel, train
+from simclr_jax import state as state_lib
 from simclr_jax.data import pipeline, sources
-from simclr_jax.models import simclr as simclr_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_DEV = 8
@@ -186,67 +189,116 @@ def _local_negatives_only(z1, z2, temperature, axis_name=None):
   return jax.lax.pmean((loss, metrics), axis_name)
 
 
+def _run_step(setup, state0, batch, augment_key, model=None, patch_loss=False):
+  """One train step of `setup` (its model replaced by `model`, its loss by the no-all_gather
+  bug when `patch_loss`) from `state0` on `batch`, compiled at -O0."""
+  t0, c0 = time.perf_counter(), time.process_time()
+  if model is not None:
+    setup = dataclasses.replace(setup, model=model)
+  with pytest.MonkeyPatch.context() as mp:
+    if patch_loss:
+      mp.setattr(losses, "nt_xent", _local_negatives_only)
+    step = train.make_train_step(setup, augment_key)
+    state = jax.device_put(state0, parallel.replicated(setup.mesh))  # fresh: step donates it
+    device_batch = train.device_batch(setup.mesh, batch)
+    compiled = step.lower(state, device_batch).compile(compiler_options=FAST_COMPILE)
+  new_state, metrics = compiled(state, device_batch)
+  print(f"compiled and ran a {setup.mesh.devices.size}-device step in "
+        f"{time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU)")
+  return dict(state=jax.device_get(new_state), metrics=jax.device_get(metrics),
+              hlo=compiled.as_text(), compiled=compiled, mesh=setup.mesh)
+
+
+def _rerun(run, state0, batch):
+  """`run`'s compiled step again, from `state0` on `batch`."""
+  state = jax.device_put(state0, parallel.replicated(run["mesh"]))
+  new_state, metrics = run["compiled"](state, train.device_batch(run["mesh"], batch))
+  return dict(state=jax.device_get(new_state), metrics=jax.device_get(metrics))
+
+
+def _permuted(batch):
+  """The batch's rows permuted (as the 2-process run interleaves them); images, labels and ids
+  together, so each sample keeps its augmentation (its keys follow its id)."""
+  perm = np.random.default_rng(0).permutation(BATCH)
+  return {k: v[perm] for k, v in batch.items()}
+
+
 @pytest.fixture(scope="module")
-def steps(two_processes):  # noqa: ARG001  (started first: it runs while this compiles)
-  """One update from the same state and global batch on 1 device, 8 devices, and two buggy
-  8-device variants; and the 1-device run continued to REF_STEPS steps (the reference of the
-  2-process run: same config, seed, data order and keys as scripts/pretrain.py)."""
+def setups():
+  """The runs' common ground: 1- and 8-device setups sharing one tx that keeps the gradient in
+  the optimizer state, the initial state (float32), the batches and the augmentation key."""
   config = _config(1)
   source = sources.make_source(config.data, config.data.train_split)
   data = iter(pipeline.pretrain_dataset(source, global_batch_size=BATCH, seed=config.seed,
                                         prefetch=0))
   batches = [next(data) for _ in range(REF_STEPS)]
-  init_rng, augment_key = train.run_keys(config.seed)
-  setups = {n: train.build(_config(n), len(source)) for n in (1, N_DEV)}
+  init_rng, augment_key = state_lib.run_keys(config.seed)
+  setups = {n: state_lib.build(_config(n), len(source)) for n in (1, N_DEV)}
   # One tx object for every run, keeping the gradient in the optimizer state.
   tx = optax.chain(_keep_grads(), setups[1].tx)
   setups = {n: dataclasses.replace(s, tx=tx) for n, s in setups.items()}
   t0, c0 = time.perf_counter(), time.process_time()
-  state0 = jax.device_get(train.init_state(setups[1], init_rng))
+  state0 = jax.device_get(state_lib.init_state(setups[1], init_rng))
   print(f"\ninit_state in {time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU)")
+  return dict(setups=setups, tx=tx, state0=state0, batches=batches, augment_key=augment_key)
 
-  def run(setup, batch=batches[0], model=None, patch_loss=False):
-    t0, c0 = time.perf_counter(), time.process_time()
-    if model is not None:
-      setup = dataclasses.replace(setup, model=model)
-    with pytest.MonkeyPatch.context() as mp:
-      if patch_loss:
-        mp.setattr(losses, "nt_xent", _local_negatives_only)
-      step = train.make_train_step(setup, augment_key)
-      state = jax.device_put(state0, parallel.replicated(setup.mesh))  # fresh: step donates it
-      device_batch = train._device_batch(setup.mesh, batch)
-      compiled = step.lower(state, device_batch).compile(compiler_options=FAST_COMPILE)
-    new_state, metrics = compiled(state, device_batch)
-    print(f"compiled and ran a {setup.mesh.devices.size}-device step in "
-          f"{time.perf_counter() - t0:.1f} s ({time.process_time() - c0:.1f} s CPU)")
-    return dict(state=jax.device_get(new_state), metrics=jax.device_get(metrics),
-                hlo=compiled.as_text(), compiled=compiled, mesh=setup.mesh)
 
-  out = {"state0": state0, "one": run(setups[1]), "eight": run(setups[N_DEV]),
-         "tx": setups[1].tx}
+@pytest.fixture(scope="module")
+def steps64(setups):
+  """The identity, where rounding cannot reach: one update in float64 (parameters, optimizer
+  state and every computation of the network, loss and update) from the same state and global
+  batch on 1 device, 8 devices, 8 devices with the rows permuted, and the two per-device bugs.
 
-  # Rows permuted (as the 2-process run interleaves them): ids keep each sample's augmentation.
-  perm = np.random.default_rng(0).permutation(BATCH)
-  state = jax.device_put(state0, parallel.replicated(setups[N_DEV].mesh))
-  new_state, metrics = out["eight"]["compiled"](
-      state, train._device_batch(setups[N_DEV].mesh, {k: v[perm] for k, v in batches[0].items()}))
-  out["eight_permuted"] = dict(state=jax.device_get(new_state), metrics=jax.device_get(metrics))
+  float64 rounds at ~1e-16, nine orders of magnitude below the ReLU inputs nearest to 0 in this
+  step (~1e-7, see test_eight_devices_equal_one_device_in_float32), so no ReLU takes another
+  side between the programs and the gradients are as continuous as the loss: 1 and 8 devices
+  agree to 2e-14 (the view pixels, made in float32 by the per-sample augmentation, are the
+  same numbers on any device count), and a missing all_gather or per-device BatchNorm is off
+  by >1e-3.
+  """
+  with jax.enable_x64(True):
+    tx, batch, key = setups["tx"], setups["batches"][0], setups["augment_key"]
+    f64 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+    by_n = {}
+    for n, setup in setups["setups"].items():
+      by_n[n] = dataclasses.replace(setup, model=setup.model.clone(dtype=jnp.float64))
+    s0 = setups["state0"]
+    state0 = jax.device_get(state_lib.TrainState.create(
+        apply_fn=by_n[1].model.apply, params=f64(s0.params), batch_stats=f64(s0.batch_stats),
+        tx=tx).replace(step=jnp.zeros((), jnp.int32)))
+    assert all(x.dtype == np.float64 for x in jax.tree.leaves(state0.opt_state)
+               if np.issubdtype(x.dtype, np.floating))
+    out = {"state0": state0, "tx": tx, "one": _run_step(by_n[1], state0, batch, key),
+           "eight": _run_step(by_n[N_DEV], state0, batch, key)}
+    out["eight_permuted"] = _rerun(out["eight"], state0, _permuted(batch))
+    out["no_gather"] = _run_step(by_n[N_DEV], state0, batch, key, patch_loss=True)
+    per_device_bn = by_n[N_DEV].model.clone(bn_axis_name=None)
+    out["per_device_bn"] = _run_step(by_n[N_DEV], state0, batch, key,
+                                     model=_PerDeviceBatchNorm(per_device_bn))
+  return out
 
-  out["no_gather"] = run(setups[N_DEV], patch_loss=True)
-  per_device_bn = simclr_model.model_from_config(setups[N_DEV].config.model,
-                                                 setups[N_DEV].num_classes, bn_axis_name=None)
-  out["per_device_bn"] = run(setups[N_DEV], model=_PerDeviceBatchNorm(per_device_bn))
+
+@pytest.fixture(scope="module")
+def steps(setups):
+  """float32, the precision runs use: one update on 1 device, on 8 devices, and on 1 device with
+  the rows permuted (an equivalent computation: its spread from the first is float32 rounding
+  on this machine); and the 1-device run continued to REF_STEPS steps (the reference of the
+  2-process run: same config, seed, data order and keys as scripts/pretrain.py)."""
+  state0, batches, key = setups["state0"], setups["batches"], setups["augment_key"]
+  out = {"state0": state0, "tx": setups["tx"], "batches": batches,
+         "one": _run_step(setups["setups"][1], state0, batches[0], key),
+         "eight": _run_step(setups["setups"][N_DEV], state0, batches[0], key)}
+  out["one_permuted"] = _rerun(out["one"], state0, _permuted(batches[0]))
 
   # The 1-device trajectory.
   one = out["one"]
   trajectory = [dict(step=1, metrics=one["metrics"], state=one["state"])]
   state = jax.device_put(one["state"], parallel.replicated(one["mesh"]))
   for i, batch in enumerate(batches[1:], start=2):
-    state, metrics = one["compiled"](state, train._device_batch(one["mesh"], batch))
+    state, metrics = one["compiled"](state, train.device_batch(one["mesh"], batch))
     trajectory.append(dict(step=i, metrics=jax.device_get(metrics),
                            state=jax.device_get(state)))
   out["trajectory"] = trajectory
-  out["batches"] = batches
   return out
 
 
@@ -284,16 +336,16 @@ def _assert_tree_close(a, b, what, rtol=RTOL):
                                err_msg=f"{what}{jax.tree_util.keystr(path)}")
 
 
-def _compare(run, ref):
+def _compare(run, ref, rtol):
   """Everything one update produces: `run` against `ref` (1 device)."""
   for k, v in ref["metrics"].items():
-    np.testing.assert_allclose(run["metrics"][k], v, rtol=RTOL, atol=1e-7, err_msg=k)
+    np.testing.assert_allclose(run["metrics"][k], v, rtol=rtol, atol=rtol, err_msg=k)
   s, r = run["state"], ref["state"]
   assert int(s.step) == int(r.step) == 1
-  _assert_tree_close(s.opt_state[0], r.opt_state[0], "grads")
-  _assert_tree_close(s.params, r.params, "params")
-  _assert_tree_close(s.batch_stats, r.batch_stats, "batch_stats")
-  _assert_tree_close(s.opt_state[1], r.opt_state[1], "opt_state")
+  _assert_tree_close(s.opt_state[0], r.opt_state[0], "grads", rtol)
+  _assert_tree_close(s.params, r.params, "params", rtol)
+  _assert_tree_close(s.batch_stats, r.batch_stats, "batch_stats", rtol)
+  _assert_tree_close(s.opt_state[1], r.opt_state[1], "opt_state", rtol)
 
 
 def _report(name, run, ref):
@@ -307,49 +359,98 @@ def _report(name, run, ref):
           f"max |diff| / leaf norm {d[worst][1]:.3g} ({worst})")
 
 
-def test_eight_devices_equal_one_device(steps):
-  one, eight = steps["one"], steps["eight"]
+# float64: 1 and 8 devices measured 2e-14 apart (of a leaf norm); each bug is off by > 0.4.
+RTOL64 = 1e-9
+
+
+def test_eight_devices_equal_one_device_in_float64(steps64):
+  one, eight = steps64["one"], steps64["eight"]
   assert one["mesh"].devices.size == 1 and eight["mesh"].devices.size == N_DEV
+  assert all(x.dtype == np.float64 for x in jax.tree.leaves(one["state"].params))
   m = one["metrics"]
+  assert m["loss"].dtype == np.float64
   # Not vacuous: a real update that moves every parameter, metrics strictly inside (0, 1).
   assert m["learning_rate"] > 0 and m["l2_updates"] > 0 and np.isfinite(m["loss"])
-  assert 0 < m["contrastive_accuracy"] < 1 and 0 < m["online_accuracy"] < 1
-  moved = _differences(one["state"].params, steps["state0"].params)
+  assert 0 < m["contrastive_accuracy"] < 1 and 0 <= m["online_accuracy"] < 1
+  moved = _differences(one["state"].params, steps64["state0"].params)
   assert min(d for d, _ in moved.values()) > 0, "every parameter changes in the update"
   print()
   for k in sorted(m):
-    print(f"metric {k}: 1 device {float(m[k]):.8g}, 8 devices {float(eight['metrics'][k]):.8g}")
-  _report("8 devices", eight, one)
-  _compare(eight, one)
+    print(f"metric {k}: 1 device {float(m[k]):.12g}, 8 devices {float(eight['metrics'][k]):.12g}")
+  _report("8 devices (float64)", eight, one)
+  _compare(eight, one, RTOL64)
 
 
-def test_step_applies_exactly_one_optimizer_update(steps):
+def test_step_applies_exactly_one_optimizer_update(steps64):
   """The step's new parameters are one optax update of the old ones with the step's own
   gradient (kept by _keep_grads), computed here outside the step: not zero, not twice."""
-  state0, new = steps["state0"], steps["one"]["state"]
+  state0, new = steps64["state0"], steps64["one"]["state"]
   grads = new.opt_state[0]
-  updates, opt_state = jax.jit(steps["tx"].update)(grads, state0.opt_state, state0.params)
-  want = optax.apply_updates(state0.params, updates)
+  with jax.enable_x64(True):
+    updates, opt_state = jax.jit(steps64["tx"].update)(grads, state0.opt_state, state0.params)
+    want = optax.apply_updates(state0.params, updates)
   assert int(new.step) == int(state0.step) + 1 == 1
-  _assert_update_close(new.params, want, state0.params, "update", RTOL)
-  _assert_tree_close(new.opt_state[1], opt_state[1], "opt_state")
+  _assert_update_close(new.params, want, state0.params, "update", RTOL64)
+  _assert_tree_close(new.opt_state[1], opt_state[1], "opt_state", RTOL64)
 
 
-def test_permuted_rows_equal_one_device(steps):
+def test_permuted_rows_equal_one_device(steps64):
   """Which device and row a sample lands on does not matter: its augmentation follows its id."""
-  _compare(steps["eight_permuted"], steps["one"])
+  _compare(steps64["eight_permuted"], steps64["one"], RTOL64)
 
 
 @pytest.mark.parametrize("bug", ["no_gather", "per_device_bn"])
-def test_per_device_bugs_fail_the_comparison(steps, bug):
+def test_per_device_bugs_fail_the_comparison(steps64, bug):
   with pytest.raises(AssertionError):
-    _compare(steps[bug], steps["one"])
+    _compare(steps64[bug], steps64["one"], RTOL64)
   # Not a float-noise failure: the loss itself is clearly off.
-  rel = abs(float(steps[bug]["metrics"]["loss"]) / float(steps["one"]["metrics"]["loss"]) - 1)
-  print(f"\n{bug}: loss {float(steps[bug]['metrics']['loss']):.6f} vs "
-        f"{float(steps['one']['metrics']['loss']):.6f} on 1 device")
-  _report(bug, steps[bug], steps["one"])
+  rel = abs(float(steps64[bug]["metrics"]["loss"]) / float(steps64["one"]["metrics"]["loss"]) - 1)
+  print(f"\n{bug}: loss {float(steps64[bug]['metrics']['loss']):.6f} vs "
+        f"{float(steps64['one']['metrics']['loss']):.6f} on 1 device")
+  _report(bug, steps64[bug], steps64["one"])
   assert rel > 1e-3, rel
+
+
+# The forward pass's values: continuous functions of the parameters and the views.
+FORWARD_F32 = ("loss", "contrastive_loss", "contrastive_entropy", "online_loss")
+
+
+def _within_spread(run, ref, other, what):
+  """|run - ref| <= 4 x |other - ref| + 16 float32 ulps of the leaf's largest entry, per leaf:
+  `other` is a computation equivalent to `ref` (same math, other summation order), so their
+  spread is this machine's float32 rounding of the quantity."""
+  for ((path, x), y), z in zip(zip(jax.tree_util.tree_leaves_with_path(run),
+                                   jax.tree.leaves(ref)), jax.tree.leaves(other)):
+    x, y, z = (np.asarray(a, np.float64) for a in (x, y, z))
+    spread = np.abs(z - y).max()
+    tol = 4 * spread + 16 * np.finfo(np.float32).eps * np.abs(y).max()
+    err = np.abs(x - y).max()
+    assert err <= tol, (f"{what}{jax.tree_util.keystr(path)}: |8 devices - 1 device| {err:.3g} > "
+                        f"{tol:.3g} (4 x the spread {spread:.3g} of two equivalent 1-device "
+                        "computations, + 16 ulps)")
+
+
+def test_eight_devices_equal_one_device_in_float32(steps):
+  """The float32 step on 8 devices within float32 rounding of the 1-device step, the rounding
+  measured here, not assumed: the spread between the 1-device step on the batch and on the
+  batch with its rows permuted (docs/numerics.md).
+
+  Forward values only (the loss and BatchNorm's statistics): gradients are not continuous.
+  One ReLU input of this step sits 6e-7 from zero in float64; float32 BatchNorm statistics
+  summed in one order put it on one side, in another order on the other, and the gradient of
+  every layer below moves by up to 2 % of its norm (the 1-device step against itself with the
+  rows permuted, on a Sapphire Rapids CPU). No tolerance fits that on every machine; the
+  gradients' identity is proven in float64 (test_eight_devices_equal_one_device_in_float64).
+  """
+  one, eight, other = steps["one"], steps["eight"], steps["one_permuted"]
+  assert one["mesh"].devices.size == 1 and eight["mesh"].devices.size == N_DEV
+  for k in FORWARD_F32:
+    _within_spread(eight["metrics"][k], one["metrics"][k], other["metrics"][k], k)
+  _within_spread(eight["state"].batch_stats, one["state"].batch_stats,
+                 other["state"].batch_stats, "batch_stats")
+  print()
+  _report("8 devices (float32)", eight, one)
+  _report("1 device, rows permuted (float32)", other, one)
 
 
 def _dot_shapes(hlo_text):
@@ -399,7 +500,7 @@ def _one_device_step_from_checkpoint(steps, workdir, step):
   assert int(restored.step) == step
   state = restored.replace(opt_state=(state0.opt_state[0], restored.opt_state))  # + grads slot
   new_state, metrics = one["compiled"](jax.device_put(state, parallel.replicated(one["mesh"])),
-                                       train._device_batch(one["mesh"], steps["batches"][step]))
+                                       train.device_batch(one["mesh"], steps["batches"][step]))
   return jax.device_get(metrics), jax.device_get(new_state)
 
 
@@ -438,8 +539,9 @@ def _assert_update_close(run, ref, before, what, rtol):
 
 def _check_steps(steps, workdir, checked):
   """Each step of the 2-process run against the same step on 1 device from the same state:
-  step 1 from the common initial state (everything at RTOL, as for 8 vs 1 devices), step
-  s > 1 from the run's own checkpoint of s - 1 (forward values at RTOL, see GRAD_RTOL).
+  step 1 from the common initial state, step s > 1 from the run's own checkpoint of s - 1;
+  forward values at RTOL, what goes through a gradient at GRAD_RTOL (the identity of the
+  gradients is proven in float64, test_eight_devices_equal_one_device_in_float64).
 
   Restarting the 1-device computation from the run's state at every step, rather than
   comparing two free-running trajectories, keeps rounding from compounding: a tiny net at a
@@ -456,7 +558,6 @@ def _check_steps(steps, workdir, checked):
     else:
       metrics, state = _one_device_step_from_checkpoint(steps, workdir, s - 1)
       before = _restore_state(workdir, s - 1, template)
-    exact = s == 1
     metrics = {k: v for k, v in metrics.items() if k != "finite"}   # read by the loop, not logged
     rel = {k: abs(events[k][s] / float(v) - 1) if float(v) else abs(events[k][s])
            for k, v in metrics.items()}
@@ -464,7 +565,7 @@ def _check_steps(steps, workdir, checked):
     print(f"\nstep {s} of 2 processes vs 1 device from the same state: {worst} {rel[worst]:.2g}"
           f" (largest of the forward values), l2_grads {rel['l2_grads']:.2g}", end="")
     for tag, value in metrics.items():
-      rtol = RTOL if exact or tag in FORWARD else GRAD_RTOL
+      rtol = RTOL if tag in FORWARD else GRAD_RTOL
       np.testing.assert_allclose(events[tag][s], value, rtol=rtol, atol=1e-7,
                                  err_msg=f"{tag} at step {s}")
     written = _restore_state(workdir, s, template)
@@ -473,12 +574,13 @@ def _check_steps(steps, workdir, checked):
     # The update itself, not the parameters: an update is ~1e-3 of a parameter's size, so a
     # skipped or doubled one would hide inside GRAD_RTOL of the parameters.
     _assert_update_close(written.params, state.params, before.params, f"update@{s}",
-                         rtol=RTOL if exact else GRAD_RTOL)
+                         rtol=GRAD_RTOL)
     _assert_tree_close(written.opt_state, state.opt_state[1], f"opt_state@{s}",
-                       rtol=RTOL if exact else GRAD_RTOL)
+                       rtol=GRAD_RTOL)
   return events
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_device_and_resume(two_processes, steps):
   workdir, ref = two_processes.workdir, steps["trajectory"]
   assert two_processes.wait() == [0, 0], two_processes.tails()
@@ -539,14 +641,14 @@ def _cfg(**distributed):
 
 
 def test_distributed_settings_from_config_then_environment():
-  assert parallel.distributed_settings(_cfg(), environ={}) == {}
+  assert distributed.distributed_settings(_cfg(), environ={}) == {}
   env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
          "JAX_PROCESS_ID": "2", "JAX_LOCAL_DEVICE_IDS": "0,1"}
-  assert parallel.distributed_settings(_cfg(), environ=env) == dict(
+  assert distributed.distributed_settings(_cfg(), environ=env) == dict(
       coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2,
       local_device_ids=[0, 1])
   # A field set in the config wins over its variable; the others still come from the variables.
-  got = parallel.distributed_settings(
+  got = distributed.distributed_settings(
       _cfg(coordinator_address="host0:9999", process_id=0, local_device_ids=(3,)), environ=env)
   assert got == dict(coordinator_address="host0:9999", num_processes=4, process_id=0,
                      local_device_ids=[3])
@@ -557,15 +659,15 @@ def test_single_host_and_single_task_clusters_start_nothing(monkeypatch):
     if var.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_",
                        "OMPI_", "TPU_", "MEGASCALE_", "KUBERNETES_")):
       monkeypatch.delenv(var)
-  assert parallel.detect_cluster() is None
-  assert parallel.initialize_distributed(_cfg()) is False
-  assert parallel.initialize_distributed(_cfg(local_device_ids=(0,))) is False  # ids alone
+  assert distributed.detect_cluster() is None
+  assert distributed.initialize_distributed(_cfg()) is False
+  assert distributed.initialize_distributed(_cfg(local_device_ids=(0,))) is False  # ids alone
   # `sbatch` without srun: a SLURM environment with one task is not a multi-host run.
   for var, value in dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node1", SLURM_NTASKS="1",
                          SLURM_PROCID="0", SLURM_LOCALID="0").items():
     monkeypatch.setenv(var, value)
-  assert parallel.detect_cluster() is not None
-  assert parallel.initialize_distributed(_cfg()) is False
+  assert distributed.detect_cluster() is not None
+  assert distributed.initialize_distributed(_cfg()) is False
   assert not jax.distributed.is_initialized()
 
 
@@ -574,8 +676,8 @@ def test_incomplete_explicit_settings_are_refused(monkeypatch):
               "OMPI_MCA_orte_hnp_uri"):
     monkeypatch.delenv(var, raising=False)
   with pytest.raises(ValueError, match=r"distributed.num_processes .* distributed.process_id"):
-    parallel.initialize_distributed(_cfg(coordinator_address="127.0.0.1:1"))
+    distributed.initialize_distributed(_cfg(coordinator_address="127.0.0.1:1"))
   monkeypatch.setenv("JAX_PROCESS_ID", "1")
   with pytest.raises(ValueError, match=r"distributed.coordinator_address \(or JAX_COORDINATOR_"):
-    parallel.initialize_distributed(_cfg(num_processes=2))
+    distributed.initialize_distributed(_cfg(num_processes=2))
   assert not jax.distributed.is_initialized()

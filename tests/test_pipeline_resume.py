@@ -11,8 +11,11 @@ import os
 import sys
 
 import numpy as np
+import pytest
 
 from helpers import run_python
+
+pytestmark = pytest.mark.slow     # runs in new processes, with grain's worker processes
 K, M, BATCH, N = 3, 4, 4, 10     # 7 batches of 4 from 10 examples: crosses 2 epoch boundaries
 
 

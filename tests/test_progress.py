@@ -46,4 +46,4 @@ def test_a_terminal_gets_the_line_redrawn_in_place_and_a_newline_at_the_end():
 
 
 def test_eta_and_clock():
-  assert progress._clock(59.6) == "1:00" and progress._clock(3725) == "1:02:05"
+  assert progress.clock(59.6) == "1:00" and progress.clock(3725) == "1:02:05"

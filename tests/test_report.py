@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+import shutil
 
 import jax
 import numpy as np
@@ -13,44 +14,17 @@ import pytest
 import yaml
 from PIL import Image
 
-from configs import digits, imagenet, sentinel2
+from configs import imagenet, sentinel2
 from helpers import scalars
-from simclr_jax import augment, report
-
-_RUNS = {}
-
-
-def _config(steps, evaluate):
-  c = digits.get_config("tiny")
-  c.train.steps = steps
-  c.train.num_devices = 1           # compile time dominates: one device is the cheapest
-  c.model.online_head = True
-  if evaluate:                      # one kNN evaluation, at step 2: the best checkpoint
-    c.eval.every_epochs = 2 / (1437 // c.train.batch_size)
-    c.eval.knn_bank_size = 256
-  return c
-
-
-def tiny_resumed_run(tmp_path_factory) -> str:
-  """A 2-step run (kNN evaluation at step 2: checkpoints_best/2) continued to 3 steps by a
-  second start: two event files, latest checkpoint 3. Built once per session, shared with
-  test_export.py (both modules read it)."""
-  if "workdir" not in _RUNS:
-    from simclr_jax import train
-    workdir = str(tmp_path_factory.mktemp("resumed"))
-    train.pretrain(_config(2, evaluate=True), workdir)
-    config = _config(3, evaluate=False)
-    config.train.report = True        # the end of a run writes the report (tiny configs: off)
-    train.pretrain(config, workdir)
-    assert os.path.exists(os.path.join(workdir, "report.md"))
-    assert os.path.exists(os.path.join(workdir, "plots", "loss_curve.png"))
-    _RUNS["workdir"] = workdir
-  return _RUNS["workdir"]
+from simclr_jax import augment, logs, report
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  workdir = tiny_resumed_run(tmp_path_factory)
+def run(tiny_run, tmp_path_factory):
+  """The session's tiny run (tests/conftest.py: 2 steps with a kNN evaluation at step 2, the
+  best checkpoint, resumed to 3 by a second start), copied: the report is written into it."""
+  workdir = str(tmp_path_factory.mktemp("report") / "run")
+  shutil.copytree(tiny_run, workdir)
   # Pixel statistics on 500 sampled digits: the sizes and classes still count every one.
   path = report.write_report(workdir, max_examples=500)
   with open(path) as f:
@@ -106,7 +80,7 @@ def test_loss_curve_has_every_logged_step_across_the_resume(run):
     assert float(r["loss"]) == pytest.approx(logged[int(r["step"])], rel=1e-7)
   assert "3 logged steps" in text
   # The report's reader gives the same points.
-  assert report.read_events(workdir)["scalars"]["loss"] == pytest.approx(logged)
+  assert logs.read_events(workdir)["scalars"]["loss"] == pytest.approx(logged)
 
 
 def test_a_step_logged_again_after_a_restart_keeps_the_later_value(tmp_path):
@@ -118,7 +92,7 @@ def test_a_step_logged_again_after_a_restart_keeps_the_later_value(tmp_path):
     for step, loss in values.items():
       writer.write_scalars(step, {"loss": loss})
     writer.close()
-  events = report.read_events(str(tmp_path))
+  events = logs.read_events(str(tmp_path))
   assert events["scalars"]["loss"] == {1: 5.0, 2: 4.0, 3: 2.5, 4: 2.0}
   assert len(events["sessions"]) == 2
 

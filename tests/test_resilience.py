@@ -1,5 +1,5 @@
 """Real processes of `scripts/pretrain.py` on the tiny digits config, interrupted in every way
-the README promises to survive, each checked against an uninterrupted run of the same command
+docs/resuming.md promises to survive, each checked against an uninterrupted run of the same command
 (the same 2 CPU devices): a SIGKILL at a random step, a SIGTERM, a truncated latest checkpoint,
 and injected NaN pixels. Everything is read back from the workdirs (orbax checkpoints, event
 files), nothing from the code under test.
@@ -12,7 +12,7 @@ processes, one compile. The signalled run's restart doubles as the truncated-che
 restart sees exactly what the SIGKILL left.
 
 The NaN run is this file executed as a script (see `__main__`): it wraps
-`train._device_batch` to turn every pixel of chosen batches into NaN, then runs
+`train.device_batch` to turn every pixel of chosen batches into NaN, then runs
 scripts/pretrain.py.
 """
 
@@ -32,6 +32,9 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, child_env
+
+# Real processes, killed and signalled: the slow tier (the guard's own check below is not).
+slow = pytest.mark.slow
 
 STEPS = 6                     # steps of every run (the LR schedule depends on the total)
 NAN_STEPS = (2, 4)            # batches turned to NaN in the NaN run, which skips 1 at most
@@ -174,6 +177,7 @@ def runs(tmp_path_factory):
   return out
 
 
+@slow
 def test_sigkill_at_a_random_step_then_restart_is_bitwise_identical(runs):
   wd, k = runs["workdirs"], runs["kill_after"]
   where = f"(killed {runs['kill_delay']:.2f} s after checkpoint {k} appeared)"
@@ -193,6 +197,7 @@ def test_sigkill_at_a_random_step_then_restart_is_bitwise_identical(runs):
     assert values == [ref[step][0]] * len(values), (where, step, values, ref[step])
 
 
+@slow
 def test_sigterm_saves_the_step_reached_and_exits_0(runs):
   wd, sig = runs["workdirs"], runs["signalled"]
   assert sig["rc"] == 0, sig["output"][-3000:]
@@ -208,6 +213,7 @@ def test_sigterm_saves_the_step_reached_and_exits_0(runs):
   _assert_trees_equal(sig["state"], _state(wd["straight"], reached), f"state at {reached}")
 
 
+@slow
 def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(runs):
   # The signalled run's last checkpoint (step `reached`) had a file truncated before its restart,
   # and an unfinished save of the next step was left beside it.
@@ -232,6 +238,7 @@ def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(runs):
     assert values == [ref[step][0]] * len(values), (step, values, ref[step])
 
 
+@slow
 def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(runs):
   wd, nan = runs["workdirs"], runs["nan"]
   skipped, fatal = NAN_STEPS
@@ -257,6 +264,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_good_checkpoints(runs):
                             jax_leaves(states[skipped]["params"])[0])
 
 
+@slow
 def test_a_second_signal_exits_at_once():
   """The first SIGINT only asks to stop (the loop would save and exit 0); a second signal, here
   a SIGTERM during a long sleep, ends the process at once by the signal's default action."""
@@ -330,7 +338,7 @@ elif __name__ == "__main__":
   sys.path.insert(0, ROOT)
   sys.path.insert(0, os.path.join(ROOT, "scripts"))   # as `python scripts/pretrain.py` has it
   from simclr_jax import train
-  real_device_batch, batches = train._device_batch, [0]
+  real_device_batch, batches = train.device_batch, [0]
 
   def device_batch(mesh, batch):
     batches[0] += 1
@@ -338,5 +346,5 @@ elif __name__ == "__main__":
       batch = dict(batch, image=np.full_like(batch["image"], np.nan))
     return real_device_batch(mesh, batch)
 
-  train._device_batch = device_batch
+  train.device_batch = device_batch
   runpy.run_path(sys.argv[0], run_name="__main__")

@@ -81,6 +81,7 @@ def compile_cache(tmp_path):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
 
 
+@pytest.mark.slow
 def test_two_by_two_sweep_writes_four_workdirs_with_their_own_scores_and_reruns_nothing(
     tmp_path, compile_cache):
   sweep_dir = str(tmp_path / "sweep")
@@ -113,6 +114,7 @@ def test_two_by_two_sweep_writes_four_workdirs_with_their_own_scores_and_reruns_
   assert len(calls) == 4 and [r["status"] for r in again] == ["done before"] * 4
 
 
+@pytest.mark.slow
 def test_sweep_cli_reports_a_point_that_cannot_start_and_exits_1(tmp_path):
   sweep_dir = tmp_path / "sweep"
   proc = run_python(["scripts/sweep.py", "--config=configs/digits.py:tiny", "--grid",
@@ -123,6 +125,7 @@ def test_sweep_cli_reports_a_point_that_cannot_start_and_exits_1(tmp_path):
   assert "| nosuch | failed |" in (sweep_dir / "sweep.md").read_text()
 
 
+@pytest.mark.slow
 def test_bad_sweep_arguments_exit_2_with_one_line():
   proc = run_python(["scripts/sweep.py", "--config=configs/digits.py:tiny", "--grid",
                      "optim.name=adam", "--metric=probe"], timeout=120)

@@ -10,6 +10,7 @@ import pytest
 from configs import digits
 from helpers import ROOT, hparams, run_python, scalars
 from simclr_jax import checkpoint, train
+from simclr_jax import state as state_lib
 
 
 def _config(steps):
@@ -99,9 +100,10 @@ def test_batch_size_not_divisible_by_devices_is_refused():
   c = _config(1)
   c.train.batch_size = 12
   with pytest.raises(ValueError, match=r"batch_size=12 .* number of devices \(8\)"):
-    train.build(c, 1437)
+    state_lib.build(c, 1437)
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_refused():
   proc = run_python([os.path.join(ROOT, "scripts", "pretrain.py"),
                      "--config", os.path.join(ROOT, "configs", "digits.py"),

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from configs import default, digits
 from helpers import ROOT, run_python, script
@@ -151,7 +152,7 @@ def test_bad_npz_refused(name, tmp_path, capsys):
 
 
 def test_small_npz_is_resized_to_image_size(tmp_path):
-  """A fine input, documented (README § Resuming, preemption and errors): every source
+  """A fine input, documented (docs/resuming.md): every source
   resizes to data.image_size as it reads, so a 16x16 npz at image_size=32 is upsampled."""
   path = _npz(tmp_path / "small.npz", np.random.default_rng(0).integers(
       0, 255, (40, 16, 16), np.uint8), np.arange(40) % 10)
@@ -165,7 +166,7 @@ def test_every_default_field_has_a_rule():
   """Each field of configs/default.py is checked: by RULES, by the augment schema, by its
   source (data.<source>.*), or is a deprecated flat name (simclr_jax/data/sources/legacy.py)."""
   from simclr_jax.data import sources
-  flat = resume._flatten(default.get_config().to_dict())
+  flat = traverse_util.flatten_dict(default.get_config().to_dict(), sep=".")
   exempt = ("augment.",) + tuple(f"data.{s}." for s in sources.SOURCES)
   unchecked = [k for k in flat if k not in validate.RULES and not k.startswith(exempt)
                and k.removeprefix("data.") not in sources.legacy.RENAMED]
@@ -218,13 +219,15 @@ def _listing(workdir):
     ("--config.train.batch_size=16", r"train\.batch_size: saved 8, new 16"),
     ("--config.model.width_multiplier=0.25", r"model\.width_multiplier: saved 0\.125, new 0\.25"),
 ])
-def test_incompatible_resume_is_refused_and_changes_nothing(run, change, pattern, capsys):
+def test_incompatible_resume_is_refused_and_changes_nothing(run, change, pattern, capsys,
+                                                            caplog):
   workdir, args = run
   before, listing = (workdir / "config.json").read_bytes(), _listing(workdir)
   assert listing
   code, errors, err = _cli(capsys, workdir, *args, change, "--config.train.steps=2")
   assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
   assert re.search(rf"cannot resume .*{pattern}\)", errors[0]), errors[0]
+  assert "config:" not in caplog.text, "a refused resume prints its one line, not the config"
   assert "train.steps" not in errors[0].split("Use a new")[0]   # allowed, so not listed
   assert (workdir / "config.json").read_bytes() == before
   assert _listing(workdir) == listing
@@ -250,6 +253,7 @@ def test_linear_eval_checks(run, tmp_path):
     start(["linear_eval.py"], str(tmp_path), c, "linear_eval")
 
 
+@pytest.mark.slow
 def test_scripts_exit_2_without_traceback(run, tmp_path):
   """Real processes: a bad override at parse time, a bad value at validation, and
   linear_eval with a bad override of a run's config."""

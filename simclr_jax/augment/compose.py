@@ -48,10 +48,11 @@ def _build_view(p: dict, channels: int, size: int) -> ViewFn:
     image = im.as_image(image)
     if image.shape[-1] != channels:
       raise ValueError(f"augment: image has {image.shape[-1]} channels, expected {channels}")
-    u_all = jax.random.uniform(key, (shared,))
+    # float32 draws, not the default float type: the same views with jax_enable_x64 on.
+    u_all = jax.random.uniform(key, (shared,), jnp.float32)
     for op, start, n, stream in active:
       u = (u_all[start:start + n] if stream == 0
-           else jax.random.uniform(jax.random.fold_in(key, stream), (n,)))
+           else jax.random.uniform(jax.random.fold_in(key, stream), (n,), jnp.float32))
       image = op(u, image, p, size)
     return image
 
@@ -118,7 +119,8 @@ def apply_op(name: str, key, image, size: int | None = None, **fields) -> Array:
   image = im.as_image(image)
   size = size or image.shape[0]
   p, _ = resolve({"preset": "none", **fields})
-  u = jax.random.uniform(key, (int(op.draws(image.shape[-1], size)),))
+  # float32 draws (not the default float type): the same views with jax_enable_x64 on.
+  u = jax.random.uniform(key, (int(op.draws(image.shape[-1], size)),), jnp.float32)
   return op(u, image, p, size)
 
 

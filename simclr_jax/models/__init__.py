@@ -11,6 +11,7 @@ from simclr_jax.models.resnet import (
 )
 from simclr_jax.models.sk_resnet import SK_BACKBONES, SKConv, SKResNet, get_sk_backbone
 from simclr_jax.models.simclr import (
+    DTYPES,
     SimCLRModel,
     make_encoder,
     model_from_config,
@@ -20,6 +21,7 @@ __all__ = [
     "BACKBONES",
     "BasicBlock",
     "Bottleneck",
+    "DTYPES",
     "OnlineClassifier",
     "ProjectionHead",
     "ResNet",

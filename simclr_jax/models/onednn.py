@@ -15,7 +15,12 @@ system's C++ compiler into `$SIMCLR_JAX_ONEDNN_BUILD_DIR`, else
 torch.utils.cpp_extension does: a wheel built against one jaxlib's FFI headers would tie the
 package to that jaxlib. oneDNN itself comes from the `onednn-cpu-gomp` and
 `onednn-devel-cpu-gomp` wheels (x86-64 Linux). `unavailable()` says why the path can't be used
-on this host; model.conv_impl='auto' then keeps XLA's convolution.
+on this host.
+
+`resolve_conv_impl` is the one decision of which convolution a model runs ('auto' -> 'onednn'
+or 'xla', and why): the start-up (simclr_jax/startup.py) calls it once and writes the result
+into the config; a model built directly with conv_impl='auto' calls it too. The handlers are
+only ever built for a CPU backend.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from simclr_jax import parallel
+from simclr_jax.cache import user_cache_dir
 
 SOURCE = os.path.join(os.path.dirname(__file__), "onednn_conv.cc")
 TARGETS = {"simclr_onednn_conv_forward": "SimclrOnednnConvForward",
@@ -50,7 +56,7 @@ def _locate(dist: str, suffix: str) -> str:
 
 
 def build_dir() -> str:
-  return os.environ.get("SIMCLR_JAX_ONEDNN_BUILD_DIR") or parallel.user_cache_dir("onednn")
+  return os.environ.get("SIMCLR_JAX_ONEDNN_BUILD_DIR") or user_cache_dir("onednn")
 
 
 def _build() -> str:
@@ -94,6 +100,54 @@ def unavailable() -> str:
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return ""
+
+
+# model.conv_impl values; 'im2col' (convolutions as matrix products, slower than XLA's in every
+# recorded benchmark) was removed: a workdir that names it runs XLA's, with the same parameters.
+CONV_IMPLS = ("auto", "onednn", "xla")
+REMOVED = ("im2col",)
+
+
+def resolve_conv_impl(conv_impl: str, dtype="float32",
+                      platform: str | None = None) -> tuple[str, str]:
+  """The convolution a model with model.conv_impl=`conv_impl` runs: ('onednn' | 'xla', why).
+
+  'auto': oneDNN's on a CPU backend, for a float32 encoder, where the handlers build; else XLA's,
+  `why` saying what ruled oneDNN out ('backend gpu', 'model.dtype bfloat16', the build's
+  error). 'onednn' where it cannot run is a one-line ValueError. 'xla' is XLA's; the removed
+  'im2col' is XLA's too. `platform`: the backend (default `jax.default_backend()`, which starts
+  JAX's backends); the handlers are built (a C++ compile, once per host) only for 'cpu'.
+  `dtype`: the encoder's compute dtype, a name or a jnp dtype.
+  """
+  if conv_impl in REMOVED:
+    return "xla", f"model.conv_impl={conv_impl!r} was removed; XLA's has the same parameters"
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl={conv_impl!r}; expected one of {', '.join(CONV_IMPLS)}")
+  if conv_impl == "xla":
+    return "xla", "model.conv_impl='xla'"
+  platform = platform or jax.default_backend()
+  dtype = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  if platform != "cpu":
+    why = f"backend {platform}"
+  elif dtype != "float32":
+    why = f"model.dtype {dtype}"
+  else:
+    why = unavailable()       # the only call that builds: a CPU backend, float32
+  if not why:
+    return "onednn", ""
+  if conv_impl == "onednn":
+    raise ValueError(f"model.conv_impl='onednn': {why}; expected 'auto' or 'xla' on this host")
+  return "xla", why
+
+
+def describe(impl: str, why: str) -> str:
+  """The start-up's log line of a `resolve_conv_impl` result: 'conv: xla (backend gpu)'."""
+  return f"conv: {impl}" + (f" ({why})" if why else "")
+
+
+@functools.cache
+def _warn_fallback(why: str) -> None:
+  logging.warning("model.conv_impl='onednn': %s; XLA's convolutions run instead", why)
 
 
 def _attrs(strides, pads) -> dict:
@@ -152,7 +206,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   """`lax.conv_general_dilated` for float32 NHWC inputs and HWIO kernels, by oneDNN.
 
   Anything else a ResNet does not use (dilations, groups, other dtypes or layouts, negative
-  padding) goes to XLA's convolution.
+  padding) goes to XLA's convolution; so does everything off a CPU backend, or where the
+  handlers don't build (a warning, once).
   """
   plain = lhs.ndim == rhs.ndim == 4
   pads = ((jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
@@ -166,7 +221,15 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   if plain and dimension_numbers is not None:
     plain = (jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
              == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))
-  if not plain or unavailable():
+  if plain:
+    # A model made with 'onednn' elsewhere (a saved config, an export) on a host where it
+    # can't run: XLA's convolution, said once. Nothing is built off a CPU backend.
+    backend = jax.default_backend()
+    why = f"backend {backend}" if backend != "cpu" else unavailable()
+    if why:
+      _warn_fallback(why)
+      plain = False
+  if not plain:
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,

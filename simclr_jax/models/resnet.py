@@ -12,15 +12,34 @@ import functools
 from typing import Any, Callable, ClassVar, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from absl import logging
 
-from simclr_jax.models import conv as conv_lib
 from simclr_jax.models import onednn
 
 ModuleDef = Any
 
-CONV_IMPLS = {"xla": None, "im2col": conv_lib.conv_general_dilated,   # None: flax's default
-              "onednn": onednn.conv_general_dilated}
+# The conv_general_dilated each concrete model.conv_impl gives flax's nn.Conv (None: its own,
+# lax.conv_general_dilated). The parameters are the same either way.
+CONV_FUNCTIONS = {"xla": None, "onednn": onednn.conv_general_dilated}
+
+
+def conv_function(conv_impl: str, dtype) -> Callable | None:
+  """nn.Conv's `conv_general_dilated` for model.conv_impl: a concrete 'onednn' or 'xla' as it
+  is (what the start-up resolved); 'auto' (a model built directly) resolved here by
+  `onednn.resolve_conv_impl`, the same decision, logged once."""
+  if conv_impl not in CONV_FUNCTIONS:
+    conv_impl = _resolved(conv_impl, jnp.dtype(dtype).name, jax.default_backend())
+  return CONV_FUNCTIONS[conv_impl]
+
+
+@functools.cache
+def _resolved(conv_impl: str, dtype: str, platform: str) -> str:
+  impl, why = onednn.resolve_conv_impl(conv_impl, dtype, platform)
+  logging.info(onednn.describe(impl, why))
+  return impl
+
 
 # torchvision's init (kaiming_normal_, fan_out, relu): keeps activations of freshly initialised
 # deep ResNets at a sane scale, which matters for SimCLR's large-batch LARS warmup.
@@ -110,19 +129,16 @@ class ResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   zero_init_residual: bool = False
-  # 'xla': lax.conv_general_dilated; 'im2col': the same convolutions as matrix products
-  # (models/conv.py), faster on CPUs. The parameters are the same either way.
+  # 'xla': lax.conv_general_dilated; 'onednn': oneDNN's (models/onednn.py), faster on CPUs;
+  # 'auto': `conv_function` picks. The parameters are the same either way.
   conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
     width = base_width(self.width_multiplier)
-    if self.conv_impl not in CONV_IMPLS:
-      raise ValueError(f"model.conv_impl={self.conv_impl!r}; expected one of "
-                       f"{', '.join(CONV_IMPLS)}")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=conv_kernel_init,
-                             conv_general_dilated=CONV_IMPLS[self.conv_impl])
+                             conv_general_dilated=conv_function(self.conv_impl, self.dtype))
     norm = functools.partial(
         nn.BatchNorm,
         use_running_average=not train,

@@ -21,7 +21,8 @@ from simclr_jax.models.heads import OnlineClassifier, ProjectionHead
 from simclr_jax.models.resnet import ResNet, get_backbone
 from simclr_jax.models.sk_resnet import SK_BACKBONES, get_sk_backbone
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# model.dtype: the names a config may give, and the dtype the encoder computes in.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def make_encoder(backbone: str, width_multiplier: float = 1.0, cifar_stem: bool = False,
@@ -29,14 +30,10 @@ def make_encoder(backbone: str, width_multiplier: float = 1.0, cifar_stem: bool 
   """The encoder alone; apply it to {'params': params['encoder'], 'batch_stats': ...['encoder']}.
 
   `backbone`: resnet18 ... resnet200, or SimCLR v2's selective-kernel sk_resnet18 ...
-  sk_resnet200 (sk_ratio 0.0625 unless given in kwargs).
+  sk_resnet200 (sk_ratio 0.0625 unless given in kwargs). kwargs may set conv_impl ('xla',
+  'onednn', 'auto'), for either kind.
   """
-  build = get_backbone
-  if backbone in SK_BACKBONES:
-    # The selective-kernel blocks always use XLA's convolution: their grouped and dilated
-    # kernels are the cases the im2col path hands back to XLA anyway.
-    build = get_sk_backbone
-    kwargs.pop("conv_impl", None)
+  build = get_sk_backbone if backbone in SK_BACKBONES else get_backbone
   return build(backbone, width_multiplier=width_multiplier, cifar_stem=cifar_stem,
                bn_axis_name=bn_axis_name, dtype=dtype, **kwargs)
 
@@ -73,44 +70,35 @@ class SimCLRModel(nn.Module):
     if self.num_classes > 0:
       # stop_gradient: the online head measures the representation, it must not train it.
       out["logits"] = self.online_head(jax.lax.stop_gradient(h), train)
-    # The loss and the probes run in float32 even when the network computes in bfloat16.
-    return {k: v.astype(jnp.float32) for k, v in out.items()}
+    # The loss and the probes run in float32 even when the network computes in bfloat16 (and
+    # in float64 when it computes in float64: the tests' proofs of identities).
+    return {k: v.astype(jnp.promote_types(v.dtype, jnp.float32)) for k, v in out.items()}
 
   def encode(self, x, train: bool = False):
     """h only (model.apply(variables, x, method=SimCLRModel.encode))."""
-    return self.encoder(x, train).astype(jnp.float32)
+    h = self.encoder(x, train)
+    return h.astype(jnp.promote_types(h.dtype, jnp.float32))
 
 
 def compute_dtype(name: str):
   """model.dtype ('float32' | 'bfloat16') as the jnp dtype the encoder computes in."""
-  if name not in _DTYPES:
-    raise ValueError(f"Unknown model dtype {name!r}; valid: {', '.join(_DTYPES)}.")
-  return _DTYPES[name]
+  if name not in DTYPES:
+    raise ValueError(f"Unknown model dtype {name!r}; valid: {', '.join(DTYPES)}.")
+  return DTYPES[name]
 
 
-def conv_impl(model_cfg, platform: str | None = None) -> str:
-  """model.conv_impl, with 'auto' resolved for `platform` (default: this host's backend):
-  oneDNN's convolutions (models/onednn.py) on CPUs where they build and the encoder computes
-  in float32, as XLA:CPU's own run far below the CPU's matmul speed; XLA's convolution
-  elsewhere. Workdirs written before the field existed used XLA's."""
-  impl = model_cfg.get("conv_impl", "xla")
-  if impl == "auto":
-    from simclr_jax.models import onednn
-    on_cpu = (platform or jax.default_backend()) == "cpu"
-    usable = on_cpu and model_cfg.get("dtype", "float32") == "float32"
-    return "onednn" if usable and not onednn.unavailable() else "xla"
-  if impl == "onednn":
-    from simclr_jax.models import onednn
-    if onednn.unavailable():
-      raise ValueError(f"model.conv_impl='onednn': {onednn.unavailable()}; "
-                       "expected 'auto' or 'xla' on this host")
-  return impl
+def _conv_impl(model_cfg) -> str:
+  # As the config says: the start-up (simclr_jax/startup.py) made it 'onednn' or 'xla'; an
+  # 'auto' of a config that did not go through it is resolved by the encoder. Workdirs written
+  # before the field existed used XLA's convolution.
+  return model_cfg.get("conv_impl", "xla")
 
 
 def encoder_from_config(model_cfg, bn_axis_name: str | None = None) -> nn.Module:
   """The encoder of `model_from_config(model_cfg, ...)` alone, for models built around it."""
   return make_encoder(model_cfg.backbone, model_cfg.width_multiplier, model_cfg.cifar_stem,
-                      bn_axis_name, compute_dtype(model_cfg.dtype), conv_impl=conv_impl(model_cfg))
+                      bn_axis_name, compute_dtype(model_cfg.dtype),
+                      conv_impl=_conv_impl(model_cfg))
 
 
 def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = None) -> SimCLRModel:
@@ -128,5 +116,5 @@ def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = No
       online_dropout=model_cfg.online_dropout,
       bn_axis_name=bn_axis_name,
       dtype=compute_dtype(model_cfg.dtype),
-      conv_impl=conv_impl(model_cfg),
+      conv_impl=_conv_impl(model_cfg),
   )

@@ -13,6 +13,8 @@ What sk_ratio > 0 changes there, reproduced here layer for layer:
 - every block's last BN starts at zero (its `init_zero=True`).
 Convs have no bias. `SK_BACKBONES` names them `sk_resnet18` ... `sk_resnet200`; 18/34 use
 basic blocks, which have no 3x3 to select, so only their stem and shortcuts change.
+Every conv runs by `conv_impl` as in ResNet (all of them plain convolutions: no groups, no
+dilations, so oneDNN's path takes each one).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from simclr_jax.models.resnet import BACKBONES, Bottleneck, base_width, conv_kernel_init
+from simclr_jax.models.resnet import (BACKBONES, Bottleneck, base_width, conv_function,
+                                      conv_kernel_init)
 
 ModuleDef = Any
 SK_BACKBONES = {f"sk_{name}": spec for name, spec in BACKBONES.items()}
@@ -127,6 +130,7 @@ class SKResNet(nn.Module):
   bn_axis_name: str | None = None   # the mesh axis under shard_map: global BatchNorm
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  conv_impl: str = "xla"            # as ResNet's: 'xla' | 'onednn' | 'auto'
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -134,7 +138,8 @@ class SKResNet(nn.Module):
       raise ValueError(f"sk_ratio={self.sk_ratio}: must be > 0 (0 is the plain ResNet)")
     width = base_width(self.width_multiplier)
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="VALID",
-                             kernel_init=conv_kernel_init)
+                             kernel_init=conv_kernel_init,
+                             conv_general_dilated=conv_function(self.conv_impl, self.dtype))
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                              dtype=self.dtype, axis_name=self.bn_axis_name)

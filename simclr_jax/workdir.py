@@ -1,0 +1,72 @@
+"""The run folder's contract: what a pretraining workdir holds, under which names.
+
+  config.json              the run's config: `write_config` at the start, `load_config` after
+  checkpoints/<step>/      the latest steps: train state and data position (checkpoint.py)
+  checkpoints_best/<step>/ the best step by the monitored metric (checkpoint.py, monitor.py)
+  checkpoints_corrupt/     steps that did not restore, moved aside (checkpoint.py)
+  monitor.json             the evaluations during pretraining (monitor.py)
+  events.out.tfevents*     TensorBoard event files, one per start (clu's writer)
+  linear_eval.json         the linear probe (evaluate.py)
+  finetune.json, .md       fine-tuning (finetune.py)
+  report.md, plots/        the model report (report.py)
+
+The bottom of the runtime layer: it imports no simclr_jax module. A workdir may be anything
+`etils.epath` opens (a local folder, `gs://bucket/run`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+from etils import epath
+
+CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"
+BEST_DIR = "checkpoints_best"
+CORRUPT = "checkpoints_corrupt"
+HISTORY = "monitor.json"
+EVENTS = "events.out.tfevents*"
+LINEAR_EVAL = "linear_eval.json"
+FINETUNE = "finetune.json"
+FINETUNE_TABLE = "finetune.md"
+REPORT = "report.md"
+PLOTS = "plots"
+CURVE_PLOT = os.path.join(PLOTS, "loss_curve.png")
+CURVE_CSV = os.path.join(PLOTS, "loss_curve.csv")
+
+
+def path(workdir) -> epath.Path:
+  """`workdir` as an epath.Path; local paths made absolute (orbax wants absolute paths)."""
+  p = epath.Path(workdir)
+  return p if "://" in str(workdir) else p.absolute()
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The config.json a run saved (as written: fields newer than the run are absent)."""
+  file = epath.Path(workdir) / CONFIG
+  if not file.exists():
+    raise FileNotFoundError(f"no {file}: is {str(workdir)!r} the workdir of a pretraining run?")
+  return ml_collections.ConfigDict(json.loads(file.read_text()))
+
+
+def write_config(config, workdir) -> None:
+  """workdir/config.json (written whole, then renamed over the old one)."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / (CONFIG + ".tmp")
+  tmp.write_text(config.to_json_best_effort(indent=2))
+  tmp.replace(workdir / CONFIG)
+
+
+def steps(directory) -> list[int]:
+  """The step folders of a checkpoint directory (orbax's unfinished tmp folders excluded)."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def has_checkpoints(workdir) -> bool:
+  return bool(steps(epath.Path(workdir) / CHECKPOINTS))
