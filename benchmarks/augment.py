@@ -93,7 +93,7 @@ def main():
   startup.use_all_cpu_cores()
   import jax
 
-  from configs import cifar10, sdo
+  from simclr_jax.configs import cifar10, sdo
   rows = []
   for name, module, batch in (("cifar10", cifar10, args.batch_cifar10),
                               ("sdo", sdo, args.batch_sdo)):

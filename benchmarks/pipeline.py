@@ -183,7 +183,7 @@ def main(argv=None):
 
   from simclr_jax import startup
   startup.use_all_cpu_cores()
-  from configs import cifar10, sdo
+  from simclr_jax.configs import cifar10, sdo
   from simclr_jax.data import sources
 
   t_start = time.perf_counter()

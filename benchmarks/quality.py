@@ -13,14 +13,14 @@ Defaults: width 0.25 and batch 128, what fits 20 minutes on a 2-core CPU (`--wid
 --batch 256` is the full ResNet-18 of the PyTorch peer; benchmarks/README.md has both). The budget decides the step count, so the learning rate is constant (a schedule needs
 the number of steps in advance).
 
-The probe is `simclr_jax.evaluate.fit_probe`, the probe of `scripts/linear_eval.py`: features
+The probe is `simclr_jax.evaluate.fit_probe`, the probe of `simclr-jax linear-eval`: features
 standardised, C picked from eval.c_grid by validation log-loss on a stratified 20 % of the
 probe's training set, then refitted on all of it. `--probe logistic_jax` (default) minimises
 scikit-learn's LogisticRegression objective with a jitted L-BFGS (seconds instead of minutes
 on 3,072 raw pixels); `--probe logistic` uses scikit-learn itself.
 
 Runs on every device the machine has (one emulated CPU device per core), like
-scripts/pretrain.py. Writes benchmarks/results/quality.json (or --out) and prints a markdown
+`simclr-jax pretrain`. Writes benchmarks/results/quality.json (or --out) and prints a markdown
 row. No checkpoint is written: this measures quality per wall-clock minute, not resumption.
 """
 
@@ -57,7 +57,7 @@ def subset_npz(src: str, dst: str, n: int, seed: int = 0) -> int:
 
 
 def make_config(data_path: str, args):
-  from configs import cifar10
+  from simclr_jax.configs import cifar10
   c = cifar10.get_config()
   c.data.path = data_path
   c.data.workers = args.workers

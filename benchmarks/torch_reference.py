@@ -3,9 +3,9 @@
   pip install -e .[bench]      # torch (CPU build); not a dependency of the package or tests
   python benchmarks/torch_reference.py --recipes cifar10,sdo
 
-The same network and step as the JAX recipes (configs/cifar10.py, configs/sdo.py with Adam
-1e-3): a torchvision-layout ResNet (written here: torchvision's PyPI wheel need not import
-beside this torch), the projection head of simclr_jax/models/heads.py (Dense -> BN -> ReLU
+The same network and step as the JAX recipes (the cifar10 and sdo configs with Adam 1e-3):
+a torchvision-layout ResNet (written here: torchvision's PyPI wheel need not import beside
+this torch), the projection head of simclr_jax/models/heads.py (Dense -> BN -> ReLU
 layers, then Dense without bias), the online classifier on detached h where the config has
 one, NT-Xent at the config's temperature over all 2N views, Adam 1e-3 with the config's L2
 weight decay on kernels only (as simclr_jax/optim.py), channels_last, all cores

@@ -2,12 +2,12 @@
 
   python benchmarks/train_step.py --with-torch
 
-For the cifar10 recipe (configs/cifar10.py: ResNet-18, CIFAR stem, 32x32x3, batch 256) and the
-sdo recipe (configs/sdo.py: ResNet-50, 128x128x1, online head, batch 32), both with Adam 1e-3,
+For the cifar10 recipe (config cifar10: ResNet-18, CIFAR stem, 32x32x3, batch 256) and the
+sdo recipe (config sdo: ResNet-50, 128x128x1, online head, batch 32), both with Adam 1e-3,
 this times `simclr_jax.train.make_train_step` (two on-device augmented views, encoder,
 projection, NT-Xent, online head where the config has one, gradients, optimizer update) on a
 random batch already on the devices:
-- per device count (--devices: 1, 2, 'default' = what scripts/pretrain.py uses, i.e. on a CPU
+- per device count (--devices: 1, 2, 'default' = what `simclr-jax pretrain` uses, i.e. on a CPU
   host the count simclr_jax/startup.cpu_devices_for picks for the recipe's config), each in
   its own process, because the number of CPU devices is fixed when the backend starts; on a
   GPU/TPU host a number means the first N devices;
@@ -50,8 +50,8 @@ MARK = "RESULT "                             # prefix of a worker's one JSON lin
 
 def recipe_config(name: str, batch: int | None = None, dtype: str = "float32",
                   conv_impl: str | None = None):
-  """The recipe's real config (configs/<name>.py, default variant) with Adam 1e-3."""
-  from configs import cifar10, digits, sdo
+  """The recipe's real config (simclr_jax/configs/<name>.py, default variant) with Adam 1e-3."""
+  from simclr_jax.configs import cifar10, digits, sdo
   modules = {"cifar10": cifar10, "sdo": sdo, "digits": digits}
   if name not in modules:
     raise ValueError(f"unknown recipe {name!r}; expected one of {', '.join(modules)}")
@@ -181,8 +181,8 @@ def run_worker(args) -> dict:
   """One process: the peaks, or every (recipe, dtype, conv_impl) at one device count."""
   from simclr_jax import startup
   if args.worker == "step" and args.devices == "default":
-    # Off a CPU host a no-op, as in scripts/pretrain.py; on a CPU host the parent has set
-    # JAX_NUM_CPU_DEVICES to the count scripts/pretrain.py picks for this worker's recipe.
+    # Off a CPU host a no-op, as in `simclr-jax pretrain`; on a CPU host the parent has set
+    # JAX_NUM_CPU_DEVICES to the count `simclr-jax pretrain` picks for this worker's recipe.
     startup.use_all_cpu_cores()
   import jax
   info = host_info()
@@ -306,7 +306,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--recipes", default="cifar10,sdo")
   p.add_argument("--devices", default="1,2,default",
-                 help="device counts, one process each; 'default' = what scripts/pretrain.py "
+                 help="device counts, one process each; 'default' = what simclr-jax pretrain "
                       "starts (on a CPU host: startup.cpu_devices_for the recipe's config)")
   p.add_argument("--dtypes", default="float32,bfloat16")
   p.add_argument("--conv-impls", default="auto,xla",
@@ -347,7 +347,7 @@ def main(argv=None):
   from simclr_jax import startup
   jobs = []          # (devices arg, recipes, dtypes, conv impls, CPU device count or None)
   for devices in args.devices.split(","):
-    if devices == "default" and on_cpu:   # the count scripts/pretrain.py picks, per recipe
+    if devices == "default" and on_cpu:   # the count `simclr-jax pretrain` picks, per recipe
       for recipe in args.recipes.split(","):
         for dtype in args.dtypes.split(","):
           for impl in args.conv_impls.split(",") if args.conv_impls else [None]:

@@ -153,7 +153,8 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
   """Probes the `eval.checkpoint` of `workdir`; writes workdir/linear_eval.json; returns it.
 
   `config` defaults to the workdir's config.json as saved: a run older than a field lacks it,
-  hence the `.get`s of eval fields here (the scripts pass the saved config over every default).
+  hence the `.get`s of eval fields here (simclr_jax/api.py passes the saved config over every
+  default).
   """
   config = config or workdir_lib.load_config(workdir)
   validate.check_fields(config)

@@ -9,8 +9,8 @@ The four parts of the SolarNet report, then the downstream results the workdir h
                    set sizes, class balance and pixel statistics of the config's data;
   then the linear probe (linear_eval.json), fine-tuning (finetune.md / finetune.json) and the
   online and kNN evaluation (event files, monitor.json), where present.
-Written at the end of pretraining by scripts/pretrain.py (`write_after_pretraining`) and by
-`python scripts/report.py --workdir DIR`.
+Written at the end of pretraining by `simclr-jax pretrain` (`write_after_pretraining`) and by
+`simclr-jax report --workdir DIR`.
 """
 
 from __future__ import annotations
@@ -326,7 +326,7 @@ def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000
   arch = architecture(config)
   name = os.path.basename(os.path.abspath(workdir))
   lines = [f"# Model report: {name}", "", f"Written {_utc(time.time())} from `"
-           f"{os.path.abspath(workdir)}`; rewrite it with `python scripts/report.py "
+           f"{os.path.abspath(workdir)}`; rewrite it with `simclr-jax report "
            f"--workdir {workdir}`.", "",
            "## 1. Parameters", "", "The run's `config.json`:", "", "```yaml",
            config_yaml(_load(workdir, workdir_lib.CONFIG)).rstrip(), "```", "",
@@ -350,7 +350,7 @@ def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000
 
 
 def write_after_pretraining(config, workdir: str) -> str | None:
-  """The report at the end of a completed pretraining run (scripts/pretrain.py), when
+  """The report at the end of a completed pretraining run (simclr_jax/api.py), when
   `train.report`; process 0 only. A report that fails is logged, never raised: the run
   succeeded. Returns the report's path, or None."""
   if not config.train.report or jax.process_index() != 0:
@@ -358,7 +358,7 @@ def write_after_pretraining(config, workdir: str) -> str | None:
   try:
     path = write_report(workdir)
   except Exception as e:  # noqa: BLE001
-    logging.warning("report.md not written (%s): python scripts/report.py --workdir %s", e,
+    logging.warning("report.md not written (%s): simclr-jax report --workdir %s", e,
                     workdir)
     return None
   logging.info("Model report: %s", path)

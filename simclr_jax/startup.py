@@ -1,5 +1,5 @@
-"""Start-up of a process, before its first JAX computation: what the scripts (pretrain,
-linear_eval, finetune) and the benchmarks set up from a config, in one place.
+"""Start-up of a process, before its first JAX computation: what the runs (simclr_jax/api.py:
+pretrain, linear_eval, finetune) and the benchmarks set up from a config, in one place.
 
 `start(config)`, in the order JAX needs:
 1. the persistent compilation cache (`use_compilation_cache`);

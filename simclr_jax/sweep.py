@@ -1,14 +1,14 @@
 """Sweeps: a grid of config overrides, one pretraining workdir per point, one table of scores.
 
 A point is a tuple of `--config.<field>=<value>` overrides. Each runs as the user would run it
-by hand, `scripts/pretrain.py` (which resumes an unfinished workdir) and then the scoring
-script, in its own process: a point's compile cache, devices and memory start fresh, and a
+by hand, `simclr-jax pretrain` (which resumes an unfinished workdir) and then the scoring
+command, in its own process: a point's compile cache, devices and memory start fresh, and a
 crashed point does not take the sweep with it. A point whose score file exists is skipped, so
 running the same sweep command again continues where it stopped.
 
 Scores (`metric` = '<stage>:<key>'):
-- `probe:<key>`: scripts/linear_eval.py's pretrained-encoder row with the most labels;
-- `finetune:<key>`: scripts/finetune.py's pretrained row with the most labels;
+- `probe:<key>`: linear-eval's pretrained-encoder row with the most labels;
+- `finetune:<key>`: finetune's pretrained row with the most labels;
 `<key>` is looked up in the row's `metrics` (accuracy, balanced_accuracy, macro_f1, tss, hss,
 micro_f1, mAP, ...), then in the row itself (test_accuracy).
 
@@ -30,9 +30,10 @@ from typing import Sequence
 
 from simclr_jax import workdir as workdir_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = {"probe": (workdir_lib.LINEAR_EVAL, "scripts/linear_eval.py"),
-          "finetune": (workdir_lib.FINETUNE, "scripts/finetune.py")}
+# The tool as a new process of this Python: `python -m simclr_jax <command> ...`.
+TOOL = (sys.executable, "-m", "simclr_jax")
+STAGES = {"probe": (workdir_lib.LINEAR_EVAL, "linear-eval"),
+          "finetune": (workdir_lib.FINETUNE, "finetune")}
 
 
 @dataclasses.dataclass
@@ -143,12 +144,10 @@ def commands(config: str, workdir: str, point: Point, metric: str,
   The probe runs inside pretraining's process (`--linear_eval`): one start-up per point.
   """
   flags = [f"--config.{f}={v}" for f, v in point.overrides] + list(extra)
-  pretrain = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"),
-              f"--config={config}", f"--workdir={workdir}", *flags]
+  pretrain = [*TOOL, "pretrain", f"--config={config}", f"--workdir={workdir}", *flags]
   if metric.partition(":")[0] == "probe":
     return [pretrain + ["--linear_eval", *eval_extra]]
-  return [pretrain, [sys.executable, os.path.join(ROOT, STAGES["finetune"][1]),
-                     f"--workdir={workdir}", *eval_extra]]
+  return [pretrain, [*TOOL, STAGES["finetune"][1], f"--workdir={workdir}", *eval_extra]]
 
 
 def _subprocess(cmd: list[str]) -> int:
@@ -171,10 +170,10 @@ def run(config: str, sweep_dir: str, points: list[Point], metric: str,
     status = "done before"
     if value is None:
       for cmd in commands(config, workdir, point, metric, extra, eval_extra):
-        log(f"[{i + 1}/{len(points)}] {point.name}: python " + " ".join(cmd[1:]))
+        log(f"[{i + 1}/{len(points)}] {point.name}: simclr-jax " + " ".join(cmd[len(TOOL):]))
         code = runner(cmd)
         if code != 0:
-          status = f"failed (exit {code}): {os.path.basename(cmd[1])}"
+          status = f"failed (exit {code}): {cmd[len(TOOL)]}"
           break
       else:
         status = "ran"

@@ -4,7 +4,7 @@ Where a run starts, decided in one place (`pretrain`): from the latest checkpoin
 workdir when there is one (resume is the default), else from scratch with `config.seed`.
 The train state and what builds it: simclr_jax/state.py. Evaluation during the run, the best
 checkpoint and early stopping: simclr_jax/monitor.py. The report at the end of a run:
-scripts/pretrain.py (`report.write_after_pretraining`).
+simclr_jax/api.py (`report.write_after_pretraining`).
 
 Resilience (docs/resuming.md):
 - numerics: the step applies no update whose loss or gradient is non-finite (it keeps the
@@ -188,10 +188,7 @@ def pretrain(config, workdir: str) -> dict[str, float]:
                config.model.backbone, n_params, setup.mesh.devices.size,
                config.train.batch_size, setup.total_steps, setup.steps_per_epoch)
   train_step = make_train_step(setup, augment_key)
-  # Imported here: clu's writers import TensorFlow (5 s), which importing this module (e.g. for
-  # `make_train_step` or `Preempted`) need not pay.
-  from clu import metric_writers
-  writer = metric_writers.create_default_writer(str(workdir), just_logging=not is_chief)
+  writer = logs.Writer(str(workdir) if is_chief else None)   # other processes: log lines only
   if start == 0 and is_chief:
     writer.write_images(0, {"augment/views": views_grid(config, source, augment_key)[None]})
     writer.write_hparams(logs.hparams(config))

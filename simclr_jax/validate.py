@@ -1,7 +1,8 @@
 """A config checked before anything compiles or writes: one line per problem, `ConfigError`.
 
-`check(config, purpose)` is run by every entry point (scripts/pretrain.py, linear_eval.py,
-finetune.py and `train.pretrain`), in this order, and stops at the first problem:
+`check(config, purpose)` is run by every entry point (simclr_jax/api.py's pretrain,
+linear_eval and finetune, which the `simclr-jax` commands call, and `train.pretrain`), in this
+order, and stops at the first problem:
 
 1. every field: type, range, allowed values (`RULES`; the allowed names come from the
    registries: optim.OPTIMIZERS, data sources, backbones, augment presets and fields);
@@ -24,13 +25,15 @@ from typing import Any, Callable
 import numpy as np
 from absl import logging
 
+from simclr_jax import extras
+
 PURPOSES = ("pretrain", "linear_eval", "finetune")
 MONITOR_METRICS = ("knn_accuracy", "online_accuracy", "online_loss")
 
 
 class ConfigError(ValueError):
   """A config, or the data or workdir it names, that cannot run; one line naming the field,
-  its value and what is allowed. The scripts print it as `error: ...` and exit 2."""
+  its value and what is allowed. The tool prints it as `error: ...` and exits 2."""
 
 
 def one_line(text: str) -> str:
@@ -98,7 +101,7 @@ RANGE = Rule(lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(map(
 
 def names_of(name: str) -> Callable[[], tuple]:
   """Allowed names, read from their modules when first needed: a field refused early does
-  not wait for the heavy imports (evaluate and finetune bring TensorFlow, through clu)."""
+  not wait for the heavy imports (evaluate and finetune bring scikit-learn and the models)."""
   def names():
     import importlib
     module, attr = {
@@ -110,8 +113,8 @@ def names_of(name: str) -> Callable[[], tuple]:
         "probes": ("simclr_jax.evaluate", "PROBES"),
         "baselines": ("simclr_jax.evaluate", "BASELINES"),
         "conv_impls": ("simclr_jax.models.onednn", "CONV_IMPLS"),
-        "ft_optimizers": ("simclr_jax.finetune", "OPTIMIZERS"),
-        "batch_norm": ("simclr_jax.finetune", "BATCH_NORM")}.get(name, (None, None))
+        "ft_optimizers": ("simclr_jax.finetuning", "OPTIMIZERS"),
+        "batch_norm": ("simclr_jax.finetuning", "BATCH_NORM")}.get(name, (None, None))
     if name == "backbones":
       from simclr_jax import models
       return tuple(models.BACKBONES) + tuple(models.SK_BACKBONES)
@@ -305,6 +308,8 @@ def open_source(data_cfg, split: str):
   from simclr_jax.data import sources
   try:
     return sources.make_source(data_cfg, split)
+  except extras.MissingExtra as e:
+    raise ConfigError(str(e)) from None
   except (ValueError, FileNotFoundError, KeyError, OSError, TypeError) as e:
     message = e.args[0] if isinstance(e, KeyError) and e.args else e
     raise ConfigError(one_line(f"data.source={data_cfg.source!r} data.path="
@@ -321,6 +326,8 @@ def check_data(config, purpose: str):
     raise ConfigError(f"{where} is empty ({source!r})")
   try:
     first = source[0]
+  except extras.MissingExtra as e:
+    raise ConfigError(str(e)) from None
   except Exception as e:  # noqa: BLE001  (a corrupt file: any decoder's error)
     raise ConfigError(one_line(f"{where}: cannot read its first example "
                                f"({type(e).__name__}: {e})")) from None

@@ -5,9 +5,9 @@
   checkpoints_best/<step>/ the best step by the monitored metric (checkpoint.py, monitor.py)
   checkpoints_corrupt/     steps that did not restore, moved aside (checkpoint.py)
   monitor.json             the evaluations during pretraining (monitor.py)
-  events.out.tfevents*     TensorBoard event files, one per start (clu's writer)
+  events.out.tfevents*     TensorBoard event files, one per start (logs.Writer)
   linear_eval.json         the linear probe (evaluate.py)
-  finetune.json, .md       fine-tuning (finetune.py)
+  finetune.json, .md       fine-tuning (finetuning.py)
   report.md, plots/        the model report (report.py)
 
 The bottom of the runtime layer: it imports no simclr_jax module. A workdir may be anything
@@ -39,8 +39,9 @@ CURVE_CSV = os.path.join(PLOTS, "loss_curve.csv")
 
 def path(workdir) -> epath.Path:
   """`workdir` as an epath.Path; local paths made absolute (orbax wants absolute paths)."""
-  p = epath.Path(workdir)
-  return p if "://" in str(workdir) else p.absolute()
+  if "://" in str(workdir):
+    return epath.Path(workdir)
+  return epath.Path(os.path.abspath(workdir))   # etils 1.10's Path has no .absolute()
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

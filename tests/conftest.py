@@ -1,5 +1,5 @@
 """Test setup: 8 emulated CPU devices, set before the first JAX operation (device
-count flags are read once, when the CPU backend starts), through the scripts' own start-up
+count flags are read once, when the CPU backend starts), through the tool's own start-up
 functions (simclr_jax/startup.py)."""
 
 import os
@@ -11,7 +11,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("SIMCLR_JAX_ONEDNN_BUILD_DIR",
                       tempfile.mkdtemp(prefix="simclr_jax_onednn_build_"))
 # One persistent compilation cache for the session, in-process and in the child processes
-# (tests/helpers.child_env): many tests compile the same tiny programs, and the scripts would
+# (tests/helpers.child_env): many tests compile the same tiny programs, and the tool would
 # otherwise write theirs under the user's ~/.cache.
 XLA_CACHE = os.environ.setdefault("SIMCLR_JAX_TEST_XLA_CACHE",
                                   tempfile.mkdtemp(prefix="simclr_jax_xla_cache_"))
@@ -21,7 +21,7 @@ from simclr_jax import startup  # noqa: E402
 startup.use_all_cpu_cores(8)            # a device count the user's XLA_FLAGS gives wins
 startup.use_compilation_cache(XLA_CACHE)
 # The convolution path is not decided here: a test's config ('auto' by default) is resolved
-# where the scripts resolve it (startup.resolve_conv) or, built directly, by the model through
+# where the tool resolves it (startup.resolve_conv) or, built directly, by the model through
 # the same function (models/onednn.resolve_conv_impl).
 
 
@@ -31,9 +31,9 @@ import pytest  # noqa: E402
 
 
 def tiny_run_config(steps: int, evaluate: bool):
-  """configs/digits.py:tiny with the online head, on one device (compile time dominates: one
-  device is the cheapest); `evaluate`: one kNN evaluation, at step 2 (the best checkpoint)."""
-  from configs import digits
+  """The digits:tiny config with the online head, on one device (compile time dominates: one
+  device is the cheapest); `evaluate`: a kNN evaluation every 2 steps (the best checkpoint)."""
+  from simclr_jax.configs import digits
   c = digits.get_config("tiny")
   c.train.steps = steps
   c.train.num_devices = 1
@@ -47,17 +47,23 @@ def tiny_run_config(steps: int, evaluate: bool):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> str:
   """The workdir of a real (tiny) pretraining run, made once per session for every test that
-  reads a finished run (test_report, test_export, test_evaluate): a 2-step run (kNN evaluation
-  at step 2: checkpoints_best/2) continued to 3 steps by a second start that writes the report:
-  two event files, latest checkpoint 3. Shared: read it only; a test that writes into a
-  workdir (a report, linear_eval.json) copies it first (shutil.copytree)."""
-  from simclr_jax import report, train
+  reads a finished run (test_report, test_export, test_evaluate, test_finetune): a 3-step run
+  stopped right after its step-2 checkpoint (kNN evaluation at step 2: checkpoints_best/2),
+  continued to 3 steps by a second start that writes the report: two event files, latest
+  checkpoint 3. Both starts run one train step program (same steps, same schedule): the
+  second loads it from the session's compilation cache. Shared: read it only; a test that
+  writes into a workdir (a report, linear_eval.json) copies it first (shutil.copytree)."""
+  from helpers import SimulatedCrash, save_then_crash
+  from simclr_jax import checkpoint, report, train
   workdir = str(tmp_path_factory.mktemp("tiny_run"))
-  train.pretrain(tiny_run_config(2, evaluate=True), workdir)
+  with pytest.MonkeyPatch.context() as mp:     # session-scoped: monkeypatch's own context
+    mp.setattr(checkpoint, "save", save_then_crash(2))
+    with pytest.raises(SimulatedCrash):
+      train.pretrain(tiny_run_config(3, evaluate=True), workdir)
   config = tiny_run_config(3, evaluate=False)
   config.train.report = True          # the end of a run writes the report (tiny configs: off)
   train.pretrain(config, workdir)
-  report.write_after_pretraining(config, workdir)     # as scripts/pretrain.py does
+  report.write_after_pretraining(config, workdir)     # as `simclr-jax pretrain` does
   assert os.path.exists(os.path.join(workdir, "report.md"))
   assert os.path.exists(os.path.join(workdir, "plots", "loss_curve.png"))
   before = _files(workdir)

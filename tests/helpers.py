@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def scalars(workdir: str) -> dict:
   """{tag: {step: value}} from a workdir's event files.
 
-  clu writes scalars as 0-d tensors (read with Tensors, not Scalars); images (augment/views)
+  Scalars are 0-d tensors (read with Tensors, not Scalars; logs.Writer); images (augment/views)
   come back as their encoded strings.
   """
   # Imported here: scripts that tests run as children import this module too, and need not
@@ -33,6 +33,26 @@ def scalars(workdir: str) -> dict:
         value = tensor_util.make_ndarray(ev.tensor_proto)
         out.setdefault(tag, {})[ev.step] = float(value) if value.ndim == 0 else value
   return out
+
+
+class SimulatedCrash(RuntimeError):
+  """A run stopped by `save_then_crash`."""
+
+
+def save_then_crash(at_step: int):
+  """A stand-in for simclr_jax.checkpoint.save (monkeypatch it in) that saves as usual and, at
+  `at_step`, waits for that save and raises SimulatedCrash: a run killed right after its
+  checkpoint, in this process."""
+  from simclr_jax import checkpoint
+  real_save = checkpoint.save
+
+  def save(manager, step, *args, **kwargs):
+    saved = real_save(manager, step, *args, **kwargs)
+    if step == at_step:
+      manager.wait_until_finished()
+      raise SimulatedCrash(f"killed after step {step}")
+    return saved
+  return save
 
 
 def free_port() -> int:
@@ -64,19 +84,11 @@ def run_python(args, timeout: float = 600, **env) -> subprocess.CompletedProcess
                         capture_output=True, text=True, timeout=timeout)
 
 
-def script(name: str):
-  """scripts/<name>.py imported once per test process (its absl flags can be defined once),
-  for its `run_cli(argv)`: the script's own entry point, in this process."""
-  import importlib.util
-  key = f"{name}_script"
-  if key not in sys.modules:
-    if os.path.join(ROOT, "scripts") not in sys.path:
-      sys.path.insert(0, os.path.join(ROOT, "scripts"))     # the scripts import workdir_flags
-    spec = importlib.util.spec_from_file_location(key, os.path.join(ROOT, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-  return sys.modules[key]
+def command(name: str):
+  """simclr_jax/cli/<name>.py, for its `run_cli(argv)`: the command's own entry point, in this
+  process (its absl flags are defined at the first import, once per test process)."""
+  import importlib
+  return importlib.import_module(f"simclr_jax.cli.{name}")
 
 
 def hparams(workdir: str) -> dict:

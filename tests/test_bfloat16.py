@@ -9,10 +9,11 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from configs import digits
 from simclr_jax import parallel, train
 from simclr_jax import state as state_lib
+from simclr_jax.configs import digits
 
 
 def _one_step(dtype: str, state0=None):
@@ -36,6 +37,9 @@ def _one_step(dtype: str, state0=None):
   return state0, jax.device_get(new), jax.device_get(metrics), hlo
 
 
+# Two whole train steps compiled (~40 s): the slow tier. The everyday tier checks the policy on
+# the model alone (test_models.test_model_from_config: float32 parameters and outputs).
+@pytest.mark.slow
 def test_bfloat16_step_keeps_float32_state_and_stays_near_the_float32_loss():
   state0, new32, m32, hlo32 = _one_step("float32")
   _, new16, m16, hlo16 = _one_step("bfloat16", state0)

@@ -1,26 +1,21 @@
-"""Every config in configs/ builds and runs one train step with its tiny overrides.
+"""Every packaged config (simclr_jax/configs) builds and runs one train step, shrunk ("tiny").
 
 Configs whose data is not in the repository (CIFAR-10, SDOBenchmark, ImageNet) read a few
 generated examples of the same layout instead; everything else (model, heads, optimizer,
 augmentations, loss) is the config's own.
 """
 
-import glob
-import importlib
 import os
 
 import jax
 import numpy as np
 import pytest
 
-from helpers import ROOT
-from simclr_jax import train, validate
+from simclr_jax import configs, train, validate
 from simclr_jax import state as state_lib
 from simclr_jax.data import pipeline, sources
 
-CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
-                 for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-                 if not p.endswith("__init__.py"))
+CONFIGS = sorted(["default", *configs.names()])
 
 
 def _rgb_npz(folder, size, n=64, classes=10):
@@ -33,7 +28,7 @@ def _rgb_npz(folder, size, n=64, classes=10):
 
 
 def _tiny(name, tmp_path):
-  c = importlib.import_module(f"configs.{name}").get_config(None if name == "default" else "tiny")
+  c = configs.get(name if name == "default" else f"{name}:tiny")
   c.train.num_devices = 1            # compile time dominates: one device is the cheapest
   c.train.batch_size = min(c.train.batch_size, 8)
   if name == "cifar10":
@@ -54,7 +49,13 @@ def test_the_list_is_every_config():
           "imagenet"} <= set(CONFIGS)
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+# Each case compiles a whole train step (~20 s): the everyday tier runs digits, the recipe its
+# other tests shrink; every recipe runs in the slow tier.
+FAST = ("digits",)
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in CONFIGS])
 def test_config_builds_and_runs_one_step(name, tmp_path):
   config = _tiny(name, tmp_path)
   validate.check(config, "pretrain")

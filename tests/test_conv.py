@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import digits
 from simclr_jax import parallel, startup, train
 from simclr_jax import state as state_lib
+from simclr_jax.configs import digits
 from simclr_jax.models import onednn, resnet, sk_resnet
 from tests import helpers
 
@@ -143,10 +143,10 @@ def test_start_writes_the_path_into_the_config_and_logs_why(caplog):
 
 @pytest.mark.slow
 def test_a_host_that_cannot_build_the_handlers_keeps_xla(tmp_path):
-  """No usable compiler: 'auto' resolves to XLA's convolution (and the scripts to the emulated
+  """No usable compiler: 'auto' resolves to XLA's convolution (and the tool to the emulated
   device rule), an explicit 'onednn' is a one-line error naming the field and the cause."""
   code = ("from absl import logging; logging.set_verbosity(logging.INFO); "
-          "from configs import cifar10; from simclr_jax import startup; "
+          "from simclr_jax.configs import cifar10; from simclr_jax import startup; "
           "c = cifar10.get_config(); print(startup.start(c), startup.cpu_devices_for(c)); "
           "c.model.conv_impl = 'onednn'; startup.conv_path(c.model, 'cpu')")
   out = helpers.run_python(["-c", code], CXX="/bin/false",
@@ -159,7 +159,7 @@ def test_a_host_that_cannot_build_the_handlers_keeps_xla(tmp_path):
   assert not list(tmp_path.glob("*.so"))
   workdir = tmp_path / "run"
   proc = helpers.run_python(
-      ["scripts/pretrain.py", "--config", "configs/digits.py:tiny", "--workdir", workdir,
+      ["-m", "simclr_jax", "pretrain", "--config", "digits:tiny", "--workdir", workdir,
        "--config.model.conv_impl=onednn"], CXX="/bin/false",
       SIMCLR_JAX_ONEDNN_BUILD_DIR=str(tmp_path), timeout=120)
   assert proc.returncode == 2, proc.stderr
@@ -180,7 +180,8 @@ def test_a_saved_conv_impl_is_chosen_again_for_evaluation(tmp_path):
                          ("xla", ["--config.model.conv_impl=onednn"])):
     saved["model"]["conv_impl"] = impl
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    proc = helpers.run_python(["scripts/linear_eval.py", "--workdir", tmp_path, *override], **env)
+    proc = helpers.run_python(["-m", "simclr_jax", "linear-eval", "--workdir", tmp_path,
+                               *override], **env)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     if override:
       assert re.search(r"^error: model\.conv_impl='onednn': oneDNN convolutions unavailable",
@@ -229,6 +230,10 @@ def test_sk_encoders_on_onednn_equal_xla(bottleneck):
                              rtol=1e-4, atol=1e-5)
 
 
+# Two whole train steps compiled (~30 s): the slow tier. The everyday tier has the convolution
+# and its gradients op by op, under shard_map and in the SK encoders, and runs every other
+# train step on oneDNN ('auto' on this CPU).
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 def test_train_step_equals_xla_step(impl):
   """The whole SimCLR step (views, encoder, head, NT-Xent, LARS) from one state on 2 devices:

@@ -1,4 +1,4 @@
-"""The CPU paths the scripts start (simclr_jax/startup.py): oneDNN's convolutions on one device
+"""The CPU paths the tool starts (simclr_jax/startup.py): oneDNN's convolutions on one device
 per process, else XLA's on emulated devices (up to 8 per core); how many devices each picks,
 and that the step each runs is the plain one-device step on XLA's convolutions."""
 
@@ -32,13 +32,13 @@ def test_cpu_device_count(batch, processes, cores, want):
 
 
 # One train step of the tiny digits config (16x16, ResNet-18 at width 1/8, LARS, batch 64),
-# from the seed's state, in a child process started the way scripts/pretrain.py starts
+# from the seed's state, in a child process started the way `simclr-jax pretrain` starts
 # (`startup.start`, or the device count of argv[2]) with model.conv_impl argv[3]; writes the
 # metrics, the parameters before and after the step, the device count and the convolution.
 _CHILD = r"""
 import json, sys
 import numpy as np
-from configs import digits
+from simclr_jax.configs import digits
 from simclr_jax import startup
 c = digits.get_config("tiny")
 c.data.image_size = 16

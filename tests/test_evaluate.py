@@ -13,9 +13,9 @@ from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from configs import digits
 from simclr_jax import checkpoint, evaluate, metrics, models, parallel, probes
 from simclr_jax import state as state_lib
+from simclr_jax.configs import digits
 from simclr_jax.data import sources
 
 
@@ -155,12 +155,17 @@ def test_probe_features_equal_an_independent_forward_pass_of_the_restored_step(t
   config = digits.get_config("tiny")
   config.data.image_size = 16
   workdir = str(tmp_path)
-  setup = state_lib.build(config, 1437)
+  # The checkpoints are written from one device (a quicker init, and orbax slices no shards);
+  # they are read onto the config's 8-device mesh below.
+  one_device = config.copy_and_resolve_references()
+  one_device.train.num_devices = 1
+  setup = state_lib.build(one_device, 1437)
   state = state_lib.init_state(setup, state_lib.run_keys(config.seed)[0])
   manager = checkpoint.make_manager(workdir, 1, 3)
   moved = {}
+  scale = jax.jit(lambda params, f: jax.tree.map(lambda p: p * f, params))  # one program
   for step in (1, 2):        # two checkpoints with different weights
-    st = state.replace(params=jax.tree.map(lambda p: p * (1 + 0.1 * step), state.params))
+    st = state.replace(params=scale(state.params, 1 + 0.1 * step))
     checkpoint.save(manager, step, st, force=True)
   manager.wait_until_finished()
   manager.close()
@@ -177,8 +182,9 @@ def test_probe_features_equal_an_independent_forward_pass_of_the_restored_step(t
   m = config.model
   encoder = models.make_encoder(m.backbone, m.width_multiplier, m.cifar_stem)
   images = np.stack([src[i]["image"] for i in range(len(src))])
-  ref = encoder.apply({"params": raw["params"]["encoder"],
-                       "batch_stats": raw["batch_stats"]["encoder"]}, images, train=False)
+  apply = jax.jit(lambda v, x: encoder.apply(v, x, train=False))   # not op by op: one compile
+  ref = apply({"params": raw["params"]["encoder"],
+               "batch_stats": raw["batch_stats"]["encoder"]}, images)
   np.testing.assert_allclose(feats, np.asarray(ref), rtol=1e-4, atol=1e-5)
   np.testing.assert_array_equal(labels, src.labels)
   latest, step, _ = state_lib.restore(config, workdir, "best", mesh)   # no best kept: latest

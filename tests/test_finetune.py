@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -13,10 +14,10 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from configs import digits, sdo, sdobenchmark
 from helpers import run_python
-from simclr_jax import checkpoint, finetune
+from simclr_jax import checkpoint, finetuning
 from simclr_jax import state as state_lib
+from simclr_jax.configs import digits, sdo, sdobenchmark
 from simclr_jax.data import sources
 from simclr_jax.data.subset import Subset
 from simclr_jax.data.sources import solar
@@ -40,8 +41,9 @@ def _workdir(config, path, num_examples):
   setup = state_lib.build(config, num_examples)
   state = state_lib.init_state(setup, state_lib.run_keys(config.seed)[0])
   noise = jax.random.PRNGKey(7)
-  state = state.replace(params=jax.tree.map(
-      lambda p: p + 0.01 * jax.random.normal(noise, p.shape, p.dtype), state.params))
+  move = jax.jit(lambda params: jax.tree.map(      # one program, not one per parameter shape
+      lambda p: p + 0.01 * jax.random.normal(noise, p.shape, p.dtype), params))
+  state = state.replace(params=move(state.params))
   manager = checkpoint.make_manager(path, 1, 2)
   checkpoint.save(manager, 3, state, force=True)
   manager.wait_until_finished()
@@ -58,10 +60,12 @@ def _saved(workdir, step=3):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  config = _config()
-  workdir, _ = _workdir(config, tmp_path_factory.mktemp("pretrained"), 1437)
-  return config, workdir
+def run(tiny_run, tmp_path_factory):
+  """The session's tiny pretraining run (tests/conftest.py: latest checkpoint step 3, the best
+  step 2), copied: fine-tuning writes finetune.json and finetune.md into the workdir."""
+  workdir = str(tmp_path_factory.mktemp("finetune") / "run")
+  shutil.copytree(tiny_run, workdir)
+  return _config(), workdir
 
 
 def _bits(tree):
@@ -74,7 +78,7 @@ def test_encoder_lr_zero_leaves_encoder_and_projection_layer_bitwise_unchanged(r
   config.finetune.encoder_lr = 0.0            # batch_norm 'auto' -> frozen running stats
   config.finetune.from_projection = 1         # SimCLR v2: from the first projection layer
   src = sources.make_source(config.data, "train")
-  trainer = finetune.Trainer(config, 10, multilabel=False)
+  trainer = finetuning.Trainer(config, 10, multilabel=False)
   pretrained, step, kind = state_lib.restore(config, workdir, "latest", trainer.mesh)
   assert (step, kind) == (3, "latest")
   state = trainer.init(0, pretrained)
@@ -104,14 +108,14 @@ def test_from_projection_beyond_the_hidden_layers_is_refused():
   config = _config()
   config.finetune.from_projection = 2        # proj_layers 2 has one hidden layer only
   with pytest.raises(ValueError, match=r"finetune.from_projection=2: expected 0..1"):
-    finetune.Trainer(config, 10, multilabel=False)
+    finetuning.Trainer(config, 10, multilabel=False)
 
 
 def test_bad_fields_name_the_field():
   config = _config()
   config.finetune.batch_norm = "sometimes"
   with pytest.raises(ValueError, match="finetune.batch_norm='sometimes': expected one of train"):
-    finetune.Trainer(config, 10, multilabel=False)
+    finetuning.Trainer(config, 10, multilabel=False)
 
 
 def test_finetune_writes_json_and_table_with_the_protocol_splits(run):
@@ -120,7 +124,10 @@ def test_finetune_writes_json_and_table_with_the_protocol_splits(run):
   # Two fractions: each starts from the same pretrained arrays, which the first one's donating
   # train step must not have consumed.
   config.finetune.label_fractions = (0.1, 0.2)
-  report = finetune.finetune(workdir, config)
+  # 2 devices, not 8: the cross-device BatchNorm step still runs sharded, at half the time of
+  # 8 emulated devices (the 8-device mesh: the test above).
+  config.train.num_devices = 2
+  report = finetuning.finetune(workdir, config)
   with open(os.path.join(workdir, "finetune.json")) as f:
     saved = json.load(f)
   assert saved == json.loads(json.dumps(report))
@@ -166,6 +173,9 @@ def write_sdobenchmark(root, regions=8, per_region=3, test_regions=2, side=16):
       csv.writer(f).writerows([["id", "start", "end", "peak_flux"]] + rows)
 
 
+# A second fine-tuning model compiled (~30 s): the slow tier. The everyday tier has the scores
+# (test_metrics.test_binary_tss_hss_from_a_hand_counted_table) and fine-tuning end to end on digits.
+@pytest.mark.slow
 def test_sdobenchmark_finetune_end_to_end_writes_tss_and_hss(tmp_path):
   data = tmp_path / "SDOBenchmark"
   write_sdobenchmark(str(data))
@@ -176,7 +186,7 @@ def test_sdobenchmark_finetune_end_to_end_writes_tss_and_hss(tmp_path):
   config.finetune.batch_size = 8
   config.finetune.baseline = False
   workdir, _ = _workdir(config, tmp_path / "run", 22)
-  report = finetune.finetune(workdir, config)
+  report = finetuning.finetune(workdir, config)
   with open(os.path.join(workdir, "finetune.json")) as f:
     row = json.load(f)["results"][0]
   m = row["metrics"]
@@ -194,8 +204,8 @@ def test_sdobenchmark_finetune_end_to_end_writes_tss_and_hss(tmp_path):
 @pytest.mark.slow
 def test_solarnet_protocol_sdo_pretraining_finetuned_on_sdobenchmark_by_the_documented_command(
     tmp_path):
-  """configs/sdobenchmark.py's command for SolarNet's protocol: a workdir pretrained on SDO
-  magnetograms (configs/sdo.py, here its tiny variant on the bundled HMI patches, with the full
+  """The sdobenchmark config's command for SolarNet's protocol: a workdir pretrained on SDO
+  magnetograms (the sdo config, here its tiny variant on the bundled HMI patches, with the full
   recipe's flare classes) fine-tuned on SDOBenchmark by overrides alone, scored by TSS/HSS."""
   data = tmp_path / "SDOBenchmark"
   write_sdobenchmark(str(data))
@@ -204,7 +214,7 @@ def test_solarnet_protocol_sdo_pretraining_finetuned_on_sdobenchmark_by_the_docu
   config.data.num_classes = full.data.num_classes
   config.data.label_thresholds = full.data.label_thresholds
   workdir, _ = _workdir(config, tmp_path / "sdo", 84)
-  proc = run_python(["scripts/finetune.py", f"--workdir={workdir}",
+  proc = run_python(["-m", "simclr_jax", "finetune", f"--workdir={workdir}",
                      # the documented overrides:
                      "--config.data.source=sdobenchmark", f"--config.data.path={data}",
                      "--config.data.sdobenchmark.skip_missing=True",

@@ -12,9 +12,9 @@ import traceback
 import jax
 import pytest
 
-from configs import digits
-from helpers import ROOT, run_python
+from helpers import run_python
 from simclr_jax import train
+from simclr_jax.configs import digits
 
 
 def _tiny(steps: int, every: int):
@@ -76,6 +76,7 @@ def host_reads(monkeypatch):
   return events
 
 
+@pytest.mark.slow        # an 8-step run on 2 devices, compiled for itself (~25 s)
 def test_the_loop_reads_nothing_from_the_devices_between_log_steps(tmp_path, host_reads,
                                                                   monkeypatch):
   """8 steps logged every 4: the host reads the devices before the first step (init, the
@@ -106,7 +107,7 @@ def _cache_hits(stderr: str) -> list[str]:
 
 @pytest.mark.slow
 def test_a_second_start_loads_the_train_step_from_the_compilation_cache(tmp_path):
-  """Two processes of scripts/pretrain.py with the same config (the second a new run in a new
+  """Two processes of `simclr-jax pretrain` with the same config (the second a new run in a new
   workdir, as a sweep point or a rerun is): the first compiles and writes the cache under
   $XDG_CACHE_HOME/simclr_jax/xla, the second loads its train step and every other program
   that took a second or more to compile from there."""
@@ -115,8 +116,8 @@ def test_a_second_start_loads_the_train_step_from_the_compilation_cache(tmp_path
          "JAX_LOG_COMPILES": "1"}
   runs = []
   for name in ("first", "second"):
-    proc = run_python([os.path.join(ROOT, "scripts", "pretrain.py"),
-                       f"--config={ROOT}/configs/digits.py:tiny", f"--workdir={tmp_path / name}",
+    proc = run_python(["-m", "simclr_jax", "pretrain", "--config=digits:tiny",
+                       f"--workdir={tmp_path / name}",
                        "--config.train.steps=2", "--config.train.num_devices=1"], **env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs.append(proc.stderr)

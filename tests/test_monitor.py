@@ -9,10 +9,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import digits
 from helpers import scalars
 from simclr_jax import monitor, parallel, train, validate
 from simclr_jax import state as state_lib
+from simclr_jax.configs import digits
 from simclr_jax.data import sources
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}    # the same HLO, half the compile time
@@ -113,6 +113,10 @@ def _one_step(setup, state, batch, augment_key):
   return jax.device_get(new), jax.device_get(metrics)
 
 
+# Two train steps compiled (~20 s): the slow tier. The everyday tier checks the optimizer on its
+# own (test_optim.test_online_head_has_its_own_optimizer_and_leaves_the_ssl_update_alone) and
+# the head's stop-gradient (test_models.test_online_head_does_not_train_encoder).
+@pytest.mark.slow
 def test_online_head_leaves_the_encoder_and_projection_update_unchanged():
   with_head = _tiny(**{"model.online_head": True, "model.online_dropout": 0.2,
                        "online_eval.learning_rate": 1e-3})
@@ -170,6 +174,10 @@ def _fast_compiling(make_train_step):
   return make
 
 
+# A whole run with an evaluation after every step: the slow tier. The everyday tier has the
+# stopping rule (above) and the session's tiny run, whose best checkpoint (step 2, not the
+# latest) test_evaluate.test_linear_eval_on_a_pretrained_run reads.
+@pytest.mark.slow
 def test_run_with_evaluation_keeps_the_best_checkpoint_and_stops_early(tmp_path, monkeypatch):
   monkeypatch.setattr(train, "make_train_step", _fast_compiling(train.make_train_step))
   patience, steps = 2, 6

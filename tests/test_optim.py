@@ -15,7 +15,7 @@ import optax
 import pytest
 
 from simclr_jax.optim import (decay_mask, exclude_bias_and_norm, make_optimizer,
-                              peak_learning_rate)
+                              online_optimizer, peak_learning_rate, with_online_head)
 
 LR = 0.1
 WD = 0.01
@@ -114,6 +114,27 @@ def test_lars_trust_ratio_only_on_kernels(params):
     expected = -LR * TC * np.linalg.norm(p[k]) / np.linalg.norm(u) * u
     np.testing.assert_allclose(lars_up[k], expected, rtol=1e-5)
     assert not np.allclose(lars_up[k], sgd_up[k], rtol=1e-2)
+
+
+def test_online_head_has_its_own_optimizer_and_leaves_the_ssl_update_alone(params):
+  """On a tree shaped like the model's: LARS updates the encoder and projection exactly as on
+  the tree without the head, and the head takes Adam's first step, lr * g / (|g| + eps). (The
+  same in the real train step: test_monitor, slow tier.)"""
+  tree = {"encoder": params, "projection": params, "online_head": params}
+  grads = jax.tree.map(lambda x: 0.5 * jnp.cos(3.0 * x) + 0.1, tree)
+  lars, _ = make_optimizer(_cfg(name="lars"), 256, 10, 100)
+  tx = with_online_head(lars, online_optimizer(ml_collections.ConfigDict({"learning_rate": 1e-3})))
+  got = tx.update(grads, tx.init(tree), tree)[0]
+  ssl = {k: v for k, v in tree.items() if k != "online_head"}
+  want = lars.update({k: grads[k] for k in ssl}, lars.init(ssl), ssl)[0]
+  for part in ("encoder", "projection"):
+    assert _flat(got[part]).keys() == _flat(want[part]).keys()
+    for k, v in _flat(want[part]).items():
+      np.testing.assert_array_equal(_flat(got[part])[k], v, err_msg=f"{part}{k}")
+  g = _flat(grads["online_head"])
+  for k, u in _flat(got["online_head"]).items():
+    np.testing.assert_allclose(u, -1e-3 * g[k] / (np.abs(g[k]) + 1e-8), rtol=1e-5, err_msg=k)
+    assert not np.allclose(u, _flat(want["encoder"])[k], rtol=1e-2)     # not LARS's step
 
 
 def test_no_weight_decay_is_plain_optimizer(params):

@@ -7,7 +7,7 @@
   per-device BatchNorm fail the same comparison. In float32, the precision of real runs, the
   forward values agree within the measured spread of two equivalent 1-device computations
   (gradients are not continuous in float32: docs/numerics.md).
-* 2 processes x 2 devices (jax.distributed on 127.0.0.1, scripts/pretrain.py) train 3 steps,
+* 2 processes x 2 devices (jax.distributed on 127.0.0.1, simclr-jax pretrain) train 3 steps,
   checkpointing each; a second 2-process invocation resumes from their checkpoint to step 4.
   Every logged step and every checkpoint is compared with the same step on 1 device from the
   same state, and the free-running losses with the uninterrupted 1-device run.
@@ -36,9 +36,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util import tensor_util
 
-from configs import digits
 from simclr_jax import distributed, losses, parallel, train
 from simclr_jax import state as state_lib
+from simclr_jax.configs import digits
 from simclr_jax.data import pipeline, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ def _free_port() -> int:
 
 
 class _Processes:
-  """`scripts/pretrain.py` in N processes x D emulated CPU devices, one coordinator."""
+  """`simclr-jax pretrain` in N processes x D emulated CPU devices, one coordinator."""
 
   def __init__(self, workdir, steps, num_processes=2, devices=2, via="flags"):
     self.workdir, self.procs, self.logs = workdir, [], []
@@ -100,8 +100,7 @@ class _Processes:
                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS=(
           f"--xla_force_host_platform_device_count={devices} "
           f"--xla_backend_optimization_level={FAST_COMPILE['xla_backend_optimization_level']}"))
-      cmd = [sys.executable, os.path.join(ROOT, "scripts", "pretrain.py"),
-             f"--config={os.path.join(ROOT, 'configs', 'digits.py')}:tiny",
+      cmd = [sys.executable, "-m", "simclr_jax", "pretrain", "--config=digits:tiny",
              f"--workdir={workdir}", f"--config.train.steps={steps}"]
       cmd += [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
       if via == "flags":    # both ways of configuring a multi-host start are exercised
@@ -283,7 +282,7 @@ def steps(setups):
   """float32, the precision runs use: one update on 1 device, on 8 devices, and on 1 device with
   the rows permuted (an equivalent computation: its spread from the first is float32 rounding
   on this machine); and the 1-device run continued to REF_STEPS steps (the reference of the
-  2-process run: same config, seed, data order and keys as scripts/pretrain.py)."""
+  2-process run: same config, seed, data order and keys as simclr-jax pretrain)."""
   state0, batches, key = setups["state0"], setups["batches"], setups["augment_key"]
   out = {"state0": state0, "tx": setups["tx"], "batches": batches,
          "one": _run_step(setups["setups"][1], state0, batches[0], key),
@@ -470,7 +469,7 @@ def test_compiled_step_logits_are_local_rows_by_global_columns(steps):
 
 
 def _scalars(workdir):
-  """{tag: {step: value}} from the TensorBoard event files (clu writes scalars as tensors)."""
+  """{tag: {step: value}} from the TensorBoard event files (logs.Writer writes scalars as tensors)."""
   out = {}
   for f in glob.glob(os.path.join(workdir, "events.out.tfevents*")):
     acc = EventAccumulator(f, size_guidance={"tensors": 0})

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from configs import imagenet, sentinel2
 from helpers import scalars
 from simclr_jax import augment, logs, report
+from simclr_jax.configs import imagenet, sentinel2
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,8 @@ def test_loss_curve_has_every_logged_step_across_the_resume(run):
 def test_a_step_logged_again_after_a_restart_keeps_the_later_value(tmp_path):
   # A run killed after logging step 3 but before its step-3 checkpoint restarts at 2 and logs
   # step 3 again, into a second event file: the curve has each step once, the later value.
-  from clu import metric_writers
   for values in ({1: 5.0, 2: 4.0, 3: 3.0}, {3: 2.5, 4: 2.0}):
-    writer = metric_writers.create_default_writer(str(tmp_path))
+    writer = logs.Writer(str(tmp_path))
     for step, loss in values.items():
       writer.write_scalars(step, {"loss": loss})
     writer.close()

@@ -1,4 +1,4 @@
-"""Real processes of `scripts/pretrain.py` on the tiny digits config, interrupted in every way
+"""Real processes of `simclr-jax pretrain` on the tiny digits config, interrupted in every way
 docs/resuming.md promises to survive, each checked against an uninterrupted run of the same command
 (the same 2 CPU devices): a SIGKILL at a random step, a SIGTERM, a truncated latest checkpoint,
 and injected NaN pixels. Everything is read back from the workdirs (orbax checkpoints, event
@@ -13,7 +13,7 @@ restart sees exactly what the SIGKILL left.
 
 The NaN run is this file executed as a script (see `__main__`): it wraps
 `train.device_batch` to turn every pixel of chosen batches into NaN, then runs
-scripts/pretrain.py.
+`simclr-jax pretrain` in its process.
 """
 
 from __future__ import annotations
@@ -38,11 +38,12 @@ slow = pytest.mark.slow
 
 STEPS = 6                     # steps of every run (the LR schedule depends on the total)
 NAN_STEPS = (2, 4)            # batches turned to NaN in the NaN run, which skips 1 at most
-SCRIPT = os.path.join(ROOT, "scripts", "pretrain.py")
+TOOL = ["-m", "simclr_jax"]           # `python -m simclr_jax pretrain ...`
 
 
 def _flags(workdir, *extra):
-  return [SCRIPT, "--config", os.path.join(ROOT, "configs", "digits.py") + ":tiny",
+  """The arguments of `python` for the run: the tool, `pretrain` and its flags."""
+  return [*TOOL, "pretrain", "--config", "digits:tiny",
           "--workdir", str(workdir), f"--config.train.steps={STEPS}",
           "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=10",
           "--config.train.num_devices=1", *extra]
@@ -285,7 +286,7 @@ def test_a_second_signal_exits_at_once():
 
 
 def test_max_bad_steps_0_stops_at_the_first_non_finite_flag():
-  from configs import default
+  from simclr_jax.configs import default
   from simclr_jax import guards
 
   class Checkpoints:
@@ -331,13 +332,12 @@ def jax_leaves(tree):
 if __name__ == "__main__" and sys.argv[1] == "signals":
   _signals_child()
 elif __name__ == "__main__":
-  # The NaN run: python tests/test_resilience.py STEP[,STEP...] <scripts/pretrain.py flags>
-  import runpy
+  # The NaN run: python tests/test_resilience.py STEP[,STEP...] <_flags(...)>
   nan_at = {int(s) for s in sys.argv[1].split(",")}
-  sys.argv = [sys.argv[2], *sys.argv[3:]]
+  assert sys.argv[2:4] == TOOL, sys.argv
+  command = sys.argv[4:]                            # pretrain and its flags
   sys.path.insert(0, ROOT)
-  sys.path.insert(0, os.path.join(ROOT, "scripts"))   # as `python scripts/pretrain.py` has it
-  from simclr_jax import train
+  from simclr_jax import cli, train
   real_device_batch, batches = train.device_batch, [0]
 
   def device_batch(mesh, batch):
@@ -347,4 +347,4 @@ elif __name__ == "__main__":
     return real_device_batch(mesh, batch)
 
   train.device_batch = device_batch
-  runpy.run_path(sys.argv[0], run_name="__main__")
+  sys.exit(cli.main(command))

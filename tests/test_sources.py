@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import cifar10, sdo, sdobenchmark, sentinel2
+from simclr_jax.configs import cifar10, sdo, sdobenchmark, sentinel2
 from simclr_jax.data import labels as labels_lib
 from simclr_jax.data import sources, stats
 
@@ -374,6 +374,9 @@ def test_sdo_config_is_the_solarnet_recipe():
 
 # --- 2-step pretraining on the real samples ---------------------------------------------------
 
+# Whole pretraining runs (~15 s each): the slow tier. The everyday tier loads the same samples
+# (test_real_hmi_patches_load, test_real_bigearthnet_patches_load) and pretrains on digits.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["hmi", "bigearthnet"])
 def test_two_step_pretraining_on_real_samples(name, tmp_path):
   import jax
@@ -389,7 +392,7 @@ def test_two_step_pretraining_on_real_samples(name, tmp_path):
 
 
 def test_make_source_dispatch_and_multi_hot_batches(tmp_path):
-  from configs import default
+  from simclr_jax.configs import default
   from simclr_jax.data import pipeline
   c = sdo.get_config("hmi")
   assert len(sources.make_source(c.data, "train")) == 84
@@ -432,7 +435,7 @@ def test_npz_images_are_resized_to_the_image_size(tmp_path):
 
 
 def test_old_flat_fields_still_work_with_a_warning_naming_the_new_one(caplog):
-  from configs import default
+  from simclr_jax.configs import default
   d = default.get_config().data
   d.source, d.path, d.channels, d.image_size = "hmi", HMI, 1, 8
   d.channel = "Br"                       # the old flat name of data.hmi.product

@@ -1,4 +1,4 @@
-"""scripts/sweep.py: grid and augmentation-pair points, real runs per point, skip on re-run,
+"""simclr-jax sweep: grid and augmentation-pair points, real runs per point, skip on re-run,
 tables that hold what each point's own score file says."""
 
 import csv
@@ -8,7 +8,7 @@ import os
 import pytest
 from ml_collections import config_flags  # noqa: F401  (the parser the overrides go through)
 
-from helpers import ROOT, run_python, script
+from helpers import command, run_python
 from simclr_jax import augment, sweep
 from simclr_jax.augment import registry
 
@@ -55,14 +55,15 @@ def test_pairs_enable_exactly_the_two_ops_in_both_views():
 
 
 def _in_process(calls):
-  """A runner that runs scripts/pretrain.py's own entry point in this process (no process
+  """A runner that runs `simclr-jax pretrain`'s own entry point in this process (no process
   start-up per point; the commands are the ones a sweep would start as processes)."""
-  pretrain = script("pretrain")
+  pretrain = command("pretrain")
 
   def runner(cmd):
-    assert os.path.basename(cmd[1]) == "pretrain.py"
+    tool = len(sweep.TOOL)
+    assert tuple(cmd[:tool]) == sweep.TOOL and cmd[tool] == "pretrain", cmd
     calls.append(cmd)
-    return pretrain.run_cli(cmd[1:])
+    return pretrain.run_cli(["simclr-jax pretrain", *cmd[tool + 1:]])
   return runner
 
 
@@ -90,8 +91,8 @@ def test_two_by_two_sweep_writes_four_workdirs_with_their_own_scores_and_reruns_
   extra = ["--config.train.num_devices=1", "--config.train.batch_size=16",
            "--config.eval.baselines=()"]
   calls = []
-  rows = sweep.run(os.path.join(ROOT, "configs", "digits.py:tiny"), sweep_dir, points,
-                   "probe:accuracy", extra, runner=_in_process(calls))
+  rows = sweep.run("digits:tiny", sweep_dir, points, "probe:accuracy", extra,
+                   runner=_in_process(calls))
   assert len(calls) == 4 and [r["status"] for r in rows] == ["ran"] * 4
   paths = sweep.write_tables(sweep_dir, rows, "probe:accuracy", [f for f, _ in axes])
   assert sorted(os.listdir(sweep_dir)) == sorted(
@@ -109,25 +110,25 @@ def test_two_by_two_sweep_writes_four_workdirs_with_their_own_scores_and_reruns_
     assert float(r["probe:accuracy"]) == pytest.approx(probe["metrics"]["accuracy"])
     assert probe["C"] in eval(point.labels[1])  # noqa: S307
   assert open(paths["png"], "rb").read().startswith(b"\x89PNG")
-  again = sweep.run(os.path.join(ROOT, "configs", "digits.py:tiny"), sweep_dir, points,
-                    "probe:accuracy", extra, runner=_in_process(calls))
+  again = sweep.run("digits:tiny", sweep_dir, points, "probe:accuracy", extra,
+                    runner=_in_process(calls))
   assert len(calls) == 4 and [r["status"] for r in again] == ["done before"] * 4
 
 
 @pytest.mark.slow
 def test_sweep_cli_reports_a_point_that_cannot_start_and_exits_1(tmp_path):
   sweep_dir = tmp_path / "sweep"
-  proc = run_python(["scripts/sweep.py", "--config=configs/digits.py:tiny", "--grid",
+  proc = run_python(["-m", "simclr_jax", "sweep", "--config=digits:tiny", "--grid",
                      "optim.name=nosuch", "--metric=probe:accuracy", f"--sweep_dir={sweep_dir}"],
                     timeout=300)
   assert proc.returncode == 1, proc.stderr[-3000:]
-  assert "name=nosuch: probe:accuracy = None (failed (exit 2): pretrain.py)" in proc.stdout
+  assert "name=nosuch: probe:accuracy = None (failed (exit 2): pretrain)" in proc.stdout
   assert "| nosuch | failed |" in (sweep_dir / "sweep.md").read_text()
 
 
 @pytest.mark.slow
 def test_bad_sweep_arguments_exit_2_with_one_line():
-  proc = run_python(["scripts/sweep.py", "--config=configs/digits.py:tiny", "--grid",
+  proc = run_python(["-m", "simclr_jax", "sweep", "--config=digits:tiny", "--grid",
                      "optim.name=adam", "--metric=probe"], timeout=120)
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
       "error: --metric 'probe': expected probe:<key> or finetune:<key>, e.g. probe:accuracy, "

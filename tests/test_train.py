@@ -7,10 +7,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import digits
-from helpers import ROOT, hparams, run_python, scalars
+from helpers import SimulatedCrash, hparams, run_python, save_then_crash, scalars
 from simclr_jax import checkpoint, train
 from simclr_jax import state as state_lib
+from simclr_jax.configs import digits
 
 
 def _config(steps):
@@ -26,27 +26,14 @@ def _params(workdir, step):
   return jax.tree.map(np.asarray, state["params"]), int(state["step"])
 
 
-class SimulatedCrash(RuntimeError):
-  pass
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   """A 3-step run killed right after its step-2 checkpoint, then started again with the same
   command; and the same 3-step run uninterrupted."""
   interrupted = str(tmp_path_factory.mktemp("interrupted"))
   straight = str(tmp_path_factory.mktemp("straight"))
-  real_save = checkpoint.save
-
-  def save_then_crash(manager, step, *args, **kwargs):
-    saved = real_save(manager, step, *args, **kwargs)
-    if step == 2:
-      manager.wait_until_finished()
-      raise SimulatedCrash(f"killed after step {step}")
-    return saved
-
   with pytest.MonkeyPatch.context() as mp:     # module-scoped: monkeypatch's own context
-    mp.setattr(checkpoint, "save", save_then_crash)
+    mp.setattr(checkpoint, "save", save_then_crash(2))
     with pytest.raises(SimulatedCrash):
       train.pretrain(_config(3), interrupted)
   steps_after_crash = ocp.CheckpointManager(os.path.join(interrupted, "checkpoints")).all_steps()
@@ -105,8 +92,7 @@ def test_batch_size_not_divisible_by_devices_is_refused():
 
 @pytest.mark.slow
 def test_unknown_config_key_is_refused():
-  proc = run_python([os.path.join(ROOT, "scripts", "pretrain.py"),
-                     "--config", os.path.join(ROOT, "configs", "digits.py"),
+  proc = run_python(["-m", "simclr_jax", "pretrain", "--config", "digits",
                      "--workdir", "/nonexistent", "--config.train.bacth_size=3"], timeout=120)
   assert proc.returncode != 0
   assert "bacth_size" in proc.stderr
@@ -119,12 +105,12 @@ def test_without_workdir_the_run_goes_to_runs_config_variant_timestamp(tmp_path,
   import datetime as dt
   import re
 
-  from helpers import script
+  from helpers import command
   monkeypatch.chdir(tmp_path)
   before = dt.datetime.now().replace(microsecond=0)
-  code = script("pretrain").run_cli(["pretrain.py", f"--config={ROOT}/configs/digits.py:tiny",
-                                     "--config.train.epochs=0", "--config.train.steps=0",
-                                     "--config.train.num_devices=1"])
+  code = command("pretrain").run_cli(["simclr-jax pretrain", "--config=digits:tiny",
+                                      "--config.train.epochs=0", "--config.train.steps=0",
+                                      "--config.train.num_devices=1"])
   after = dt.datetime.now()
   assert code == 0
   (line,) = [l for l in capsys.readouterr().out.splitlines() if l.startswith("workdir: ")]

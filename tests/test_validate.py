@@ -1,34 +1,29 @@
 """Bad inputs refused before anything compiles or writes, one line each; resumes checked.
 
-Most inputs go through scripts/pretrain.py's `run_cli` in this process (flags parsed as on
-the command line, stderr captured); a few through a real `python scripts/pretrain.py` and
-`scripts/linear_eval.py` for the exit code and the absence of a traceback.
+Most inputs go through `simclr-jax pretrain`'s `run_cli` in this process (flags parsed as on
+the command line, stderr captured); a few through a real `python -m simclr_jax pretrain` and
+`linear-eval` for the exit code and the absence of a traceback.
 """
 
-import importlib.util
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import default, digits
-from helpers import ROOT, run_python, script
+from helpers import command, run_python
 from simclr_jax import resume, train, validate
+from simclr_jax.configs import default, digits
 
-CONFIG = os.path.join(ROOT, "configs", "digits.py") + ":tiny"
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-
-pretrain_script = script("pretrain")
+CONFIG = "digits:tiny"
+pretrain_command = command("pretrain")
 
 
 def _cli(capsys, workdir, *overrides):
-  code = pretrain_script.run_cli(["pretrain.py", "--config", CONFIG, "--workdir",
-                                  str(workdir), *overrides])
+  code = pretrain_command.run_cli(["simclr-jax pretrain", "--config", CONFIG, "--workdir",
+                                   str(workdir), *overrides])
   err = capsys.readouterr().err
   return code, [line for line in err.splitlines() if line.startswith("error: ")], err
 
@@ -163,7 +158,7 @@ def test_small_npz_is_resized_to_image_size(tmp_path):
 
 
 def test_every_default_field_has_a_rule():
-  """Each field of configs/default.py is checked: by RULES, by the augment schema, by its
+  """Each field of simclr_jax/configs/default.py is checked: by RULES, by the augment schema, by its
   source (data.<source>.*), or is a deprecated flat name (simclr_jax/data/sources/legacy.py)."""
   from simclr_jax.data import sources
   flat = traverse_util.flatten_dict(default.get_config().to_dict(), sep=".")
@@ -174,7 +169,7 @@ def test_every_default_field_has_a_rule():
 
 
 def test_every_config_file_passes():
-  from configs import cifar10, sdo, sdobenchmark, sentinel2
+  from simclr_jax.configs import cifar10, sdo, sdobenchmark, sentinel2
   for module in (default, digits, cifar10, sdo, sdobenchmark, sentinel2):
     for variant in ((None, "tiny") if module is not default else (None,)):
       c = module.get_config(variant)
@@ -197,15 +192,15 @@ def test_allowed_changes_are_listed_and_others_refused():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  """A real 1-step run through the script, made quick to compile: one device, 8x8 images,
+  """A real 1-step run through the command, made quick to compile: one device, 8x8 images,
   crops alone."""
   workdir = tmp_path_factory.mktemp("validate") / "run"
   args = ["--config.train.steps=1", "--config.train.checkpoint_every=1",
           "--config.train.num_devices=1", "--config.data.image_size=8",
           "--config.train.batch_size=8", "--config.augment.blur_prob=0",
           "--config.augment.brightness_prob=0", "--config.augment.contrast_prob=0"]
-  code = pretrain_script.run_cli(["pretrain.py", "--config", CONFIG, "--workdir",
-                                  str(workdir), *args])
+  code = pretrain_command.run_cli(["simclr-jax pretrain", "--config", CONFIG, "--workdir",
+                                   str(workdir), *args])
   assert code == 0
   return workdir, args
 
@@ -244,30 +239,30 @@ def test_compatible_resume_is_allowed(run):
 
 def test_linear_eval_checks(run, tmp_path):
   workdir, _ = run
-  from workdir_flags import start       # scripts/workdir_flags.py
+  from simclr_jax.api import check_run
   c = _tiny(**{"train.num_devices": 1, "data.image_size": 8, "eval.checkpoint": "9"})
   with pytest.raises(validate.ConfigError, match=r"eval\.checkpoint='9': expected 'best', "
                      r"'latest' or a saved step of .*: \[1\]"):
-    start(["linear_eval.py"], str(workdir), c, "linear_eval")
+    check_run(str(workdir), c, "linear_eval")
   with pytest.raises(validate.ConfigError, match=r"no .*/config\.json: is it the workdir"):
-    start(["linear_eval.py"], str(tmp_path), c, "linear_eval")
+    check_run(str(tmp_path), c, "linear_eval")
 
 
 @pytest.mark.slow
-def test_scripts_exit_2_without_traceback(run, tmp_path):
+def test_commands_exit_2_without_traceback(run, tmp_path):
   """Real processes: a bad override at parse time, a bad value at validation, and
   linear_eval with a bad override of a run's config."""
   workdir = tmp_path / "run"
-  pretrain = os.path.join(ROOT, "scripts", "pretrain.py")
+  pretrain = ["-m", "simclr_jax", "pretrain"]
   for args, pattern in (
       (["--config.train.bacth_size=3"], "no such config field"),
       (["--config.loss.temperature=0"], r"loss\.temperature=0\.0: expected")):
-    proc = run_python([pretrain, "--config", CONFIG, "--workdir", workdir, *args], timeout=120)
+    proc = run_python([*pretrain, "--config", CONFIG, "--workdir", workdir, *args], timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert re.search(rf"^error: .*{pattern}", proc.stderr, re.M)
     assert "Traceback" not in proc.stderr and "config:" not in proc.stderr
     assert not workdir.exists()
-  proc = run_python([os.path.join(ROOT, "scripts", "linear_eval.py"), "--workdir", run[0],
+  proc = run_python(["-m", "simclr_jax", "linear-eval", "--workdir", run[0],
                      "--config.eval.batch_size=0"], timeout=120)
   assert proc.returncode == 2, proc.stderr
   assert "error: eval.batch_size=0: expected an integer >= 1" in proc.stderr

@@ -94,8 +94,9 @@ def unavailable() -> str:
            f"{platform.machine()}"
   try:
     lib = ctypes.cdll.LoadLibrary(_build())
-  except (OSError, RuntimeError, importlib.metadata.PackageNotFoundError,
-          FileNotFoundError) as e:
+  except importlib.metadata.PackageNotFoundError as e:
+    return f'oneDNN is not installed ({e.args[0]}): pip install "simclr_jax[cpu]"'
+  except (OSError, RuntimeError, FileNotFoundError) as e:
     return f"oneDNN convolutions unavailable: {e}"
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")

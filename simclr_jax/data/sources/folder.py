@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from simclr_jax import extras
 from simclr_jax.data.sources import pixels
 from simclr_jax.data.sources.registry import Option, register
 
@@ -22,9 +23,10 @@ def _is_image(name: str) -> bool:
 def read_image_file(path: str) -> tuple[np.ndarray, bool]:
   """(H, W, C) array in its stored dtype, and whether it is FITS (row 0 = south)."""
   low = path.lower()
+  if low.endswith(FITS_EXTENSIONS):
+    fits = extras.require("astropy.io.fits", f"{path}: reading FITS")
   try:
     if low.endswith(FITS_EXTENSIONS):
-      from astropy.io import fits
       with fits.open(path, memmap=False) as hdus:
         for hdu in hdus:
           if hdu.data is not None and hdu.data.ndim >= 2:

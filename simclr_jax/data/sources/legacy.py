@@ -4,7 +4,7 @@ Workdirs written before the per-source groups existed hold the flat fields in co
 command lines may still set them. A flat field that is set (not None) and differs from its old
 default is used for the configured source, with a warning naming the new field; one that the
 configured source has no use for is ignored with a warning (the old code ignored it too). To be
-deleted with the placeholders in configs/default.py.
+deleted with the placeholders in simclr_jax/configs/default.py.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def _lookup(name: str) -> Source:
   return SOURCES[name]
 
 
-def get(name: str, split: str, **kwargs):
+def get(name: str, split: str, /, **kwargs):   # "/": a source may have an option `name` (tfds)
   """The source `name` for `split`: `path`, `image_size`, `channels`, `label_thresholds` and
   the source's own options as keywords (options left out take their defaults)."""
   src = _lookup(name)

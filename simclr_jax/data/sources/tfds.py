@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from simclr_jax import extras
 from simclr_jax.data.sources import pixels
 from simclr_jax.data.sources.registry import Option, register
 
@@ -38,7 +39,7 @@ class TfdsSource:
 
   def _source(self):
     if self._ds is None:
-      import tensorflow_datasets as tfds
+      tfds = extras.require("tensorflow_datasets", "data.source='tfds'")
       try:
         self._ds = tfds.data_source(self.tfds_name, split=self.split, data_dir=self.data_dir,
                                     download=False)

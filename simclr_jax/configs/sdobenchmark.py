@@ -1,12 +1,12 @@
-"""SimCLR on SDOBenchmark magnetograms: SolarNet's SDO recipe (configs/sdo.py) on SDOBenchmark.
+"""SimCLR on SDOBenchmark magnetograms: SolarNet's SDO recipe (sdo.py) on SDOBenchmark.
 
-  python scripts/pretrain.py --config configs/sdobenchmark.py --workdir runs/sdobenchmark \
+  simclr-jax pretrain --config sdobenchmark --workdir runs/sdobenchmark \
       --linear_eval
-  python scripts/finetune.py --workdir runs/sdobenchmark     # flare classifier: TSS, HSS
+  simclr-jax finetune --workdir runs/sdobenchmark     # flare classifier: TSS, HSS
 
-SolarNet's own protocol pretrains on SDOML (configs/sdo.py) and fine-tunes on SDOBenchmark:
+SolarNet's own protocol pretrains on SDOML (sdo.py) and fine-tunes on SDOBenchmark:
 
-  python scripts/finetune.py --workdir runs/sdo --config.data.source=sdobenchmark \
+  simclr-jax finetune --workdir runs/sdo --config.data.source=sdobenchmark \
       --config.data.path=data/SDOBenchmark-data-full --config.data.sdobenchmark.skip_missing=True
 
 Data: SDOBenchmark (https://github.com/i4Ds/SDOBenchmark) unpacked at data/SDOBenchmark-data-full
@@ -19,7 +19,7 @@ stacks all four), p / 127.5 - 1 in [-1, 1], resized to 128. Samples missing that
 dropped and counted in the log (data.sdobenchmark.skip_missing, as SolarNet does). Splits:
 'train' / 'val' from training/, whole active regions on one side (10 % of the samples to 'val'); 'test' is test/.
 Labels: Quiet (< 1e-6 W/m²) and >=C (>= 1e-6), for the online head and the probe.
-Protocol (configs/sdo.py, SolarNet's): online head with its own Adam 1e-5; every epoch kNN and
+Protocol (sdo.py, SolarNet's): online head with its own Adam 1e-5; every epoch kNN and
 online scores on 'val' (whole active regions apart from training), the best epoch by online
 validation loss kept in checkpoints_best and used by linear_eval and finetune, patience 200
 epochs; fine-tuning with SolarNet's evaluator head (128 hidden, dropout 0.2), encoder Adam 1e-4,
@@ -28,10 +28,10 @@ scored by TSS and HSS of '>=C' on 'test' (finetune.json, finetune.md).
 
 Expect: no published SimCLR-on-SDOBenchmark figure; compare the probe's TSS on 'test' with
 SolarNet's SDOBenchmark results (supervised baseline TSS 0.607; SimCLR pretrained on SDOML then
-fine-tuned 0.646). `configs/sdobenchmark.py:tiny` is the same shrunk for tests.
+fine-tuned 0.646). `--config sdobenchmark:tiny` is the same shrunk for tests.
 """
 
-from configs import default, sdo
+from simclr_jax.configs import default, sdo
 
 
 def get_config(arg=None):
@@ -54,5 +54,5 @@ def get_config(arg=None):
     default.shrink(c, image_size=32)
     c.optim.warmup_epochs = 1.0
   elif arg:
-    raise ValueError(f"configs/sdobenchmark.py: unknown variant {arg!r}; expected 'tiny' or none")
+    raise ValueError(f"config sdobenchmark: unknown variant {arg!r}; expected 'tiny' or none")
   return c

@@ -1,22 +1,19 @@
-"""The model report of a pretraining run: `python scripts/report.py --workdir runs/digits`.
+"""simclr-jax report: the model report of a pretraining run.
+
+  simclr-jax report --workdir runs/digits
 
 Writes WORKDIR/report.md and WORKDIR/plots/loss_curve.png (+ .csv): the run's parameters as
 YAML, the per-module parameter table, the loss curve over every logged step (all event files,
 resumes included), the metadata (machine, training time, model size, early stopping, best
 checkpoint, set sizes, class balance, pixel statistics) and the probe, fine-tuning and online
 results the workdir holds (simclr_jax/report.py). Pretraining writes it at its end too; run
-this after linear_eval.py or finetune.py to add their results.
+this after linear-eval or finetune to add their results.
 """
-
-import os
-import sys
-
-# Configs import each other as `configs.<name>`: make the repository root importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags
 
-import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
+from simclr_jax import api
+from simclr_jax.cli import shared
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
 _DATA_STATS = flags.DEFINE_bool("data_stats", True, "Measure the set sizes, class balance and "
@@ -27,13 +24,18 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  workdir_flags.no_extra_args(argv)
-  workdir_flags.require_run(_WORKDIR.value)
+  shared.no_extra_args(argv)
+  api.require_run(_WORKDIR.value)
   from simclr_jax import logs, report
   logs.quiet_libraries()
   path = report.write_report(_WORKDIR.value, _DATA_STATS.value, _MAX_EXAMPLES.value)
   print(path, flush=True)
 
 
-if __name__ == "__main__":
-  workdir_flags.app_run(main)      # a known error: one `error:` line, exit 2
+def run_cli(argv) -> int:
+  """`main` for this argv in this process; returns the exit code."""
+  return shared.run(main, argv)
+
+
+def app_run(argv) -> None:
+  shared.app_run(main, argv)      # a known error: one `error:` line, exit 2

@@ -1,6 +1,6 @@
-"""The pretrained encoder alone, for use elsewhere:
+"""simclr-jax export: the pretrained encoder alone, for use elsewhere.
 
-  python scripts/export.py --workdir runs/digits --out exports/digits
+  simclr-jax export --workdir runs/digits --out exports/digits
 
 Writes OUT/encoder.npz (the encoder's parameters and BatchNorm statistics) and
 OUT/encoder.json (the model fields that rebuild it and the input it expects: image size,
@@ -12,15 +12,10 @@ a step). Read it back with no config file:
   h = encoder(images)        # (N, H, W, C) in encoder.value_range -> (N, encoder.feature_dim)
 """
 
-import os
-import sys
-
-# Configs import each other as `configs.<name>`: make the repository root importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import flags
 
-import workdir_flags  # scripts/workdir_flags.py (the script's folder is on sys.path)
+from simclr_jax import api
+from simclr_jax.cli import shared
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
 _OUT = flags.DEFINE_string("out", None, "Folder to write the encoder to (created).")
@@ -29,8 +24,8 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv):
-  workdir_flags.no_extra_args(argv)
-  workdir_flags.require_run(_WORKDIR.value)
+  shared.no_extra_args(argv)
+  api.require_run(_WORKDIR.value)
   from simclr_jax import export, logs
   logs.quiet_libraries()
   out = export.export_encoder(_WORKDIR.value, _OUT.value, _CHECKPOINT.value)
@@ -39,5 +34,10 @@ def main(argv):
         f"{encoder.info['checkpoint_step']}", flush=True)
 
 
-if __name__ == "__main__":
-  workdir_flags.app_run(main)      # a known error: one `error:` line, exit 2
+def run_cli(argv) -> int:
+  """`main` for this argv in this process; returns the exit code."""
+  return shared.run(main, argv)
+
+
+def app_run(argv) -> None:
+  shared.app_run(main, argv)      # a known error: one `error:` line, exit 2

@@ -1,6 +1,6 @@
 """SimCLR-S2 on BigEarthNet Sentinel-2 patches: 12 bands, 120x120.
 
-  python scripts/pretrain.py --config configs/sentinel2.py --workdir runs/sentinel2
+  simclr-jax pretrain --config sentinel2 --workdir runs/sentinel2
 
 Data: BigEarthNet-S2 as npz files data/bigearthnet/bigearthnet_{train,test}.npz in the layout
 of tests/data/bigearthnet_s2_example (`images` uint16 (N, 120, 120, 12) bands B01..B12 without
@@ -14,16 +14,17 @@ the softmax online head and the single-label probe do not use them, so num_class
 Expect: the post reports only relative F1 comparisons (fine-tuned on 3 % of the labels),
 Adam beating SGD, best learning rate 5e-4; no absolute figure to match.
 
-Variants: `configs/sentinel2.py:example` pretrains on the 6 real patches bundled in tests/data
-(a smoke run, no download); `configs/sentinel2.py:tiny` is that shrunk for tests (2 steps).
+Variants: `--config sentinel2:example` pretrains on the 6 real patches bundled in tests/data
+(a smoke run, no download); `--config sentinel2:tiny` is that shrunk for tests (2 steps).
 """
 
 import os
 
-from configs import default
 from simclr_jax import augment
+from simclr_jax.configs import default
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The bundled sample is in the repository's tests/data (a checkout, not an installed package).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "tests", "data", "bigearthnet_s2_example",
                        "bigearthnet_s2_example.npz")
 
@@ -76,6 +77,6 @@ def get_config(arg=None):
   if arg == "tiny":
     default.shrink(c, batch_size=4, image_size=32)
   elif arg not in (None, "", "example"):
-    raise ValueError(f"configs/sentinel2.py: unknown variant {arg!r}; expected 'example', "
+    raise ValueError(f"config sentinel2: unknown variant {arg!r}; expected 'example', "
                      "'tiny' or none")
   return c

@@ -1,6 +1,6 @@
 """Fine-tuning a pretrained encoder into a classifier, and the supervised-from-scratch baseline.
 
-Protocol (config.finetune, fields in configs/default.py), per label fraction:
+Protocol (config.finetune, fields in simclr_jax/configs/default.py), per label fraction:
   labels     a stratified `fraction` of the labelled train split (fixed `seed`), split 8:2
              (`val_fraction`, stratified) into fit / val; scored on `data.eval_split`;
   model      the encoder (+ the first `from_projection` layers of the projection head:
@@ -284,8 +284,8 @@ def finetune(workdir: str, config=None) -> dict:
   `finetune.label_fractions`; writes finetune.json and finetune.md there; returns the report."""
   config = config or workdir_lib.load_config(workdir)
   if "finetune" not in config:
-    raise ValueError(f"{workdir}/config.json has no 'finetune' group: pass a config (scripts/"
-                     "finetune.py adds the defaults)")
+    raise ValueError(f"{workdir}/config.json has no 'finetune' group: pass a config "
+                     "(simclr_jax.finetune and `simclr-jax finetune` add the defaults)")
   ft = config.finetune
   train_src = sources.make_source(config.data, config.data.train_split)
   test_src = sources.make_source(config.data, config.data.eval_split)

@@ -2,8 +2,8 @@
 
 Run (a short SimCLR pretraining on the embedded digits data, then the linear probe):
 
-  python scripts/pretrain.py --config configs/default.py --workdir runs/default
-  python scripts/linear_eval.py --workdir runs/default
+  simclr-jax pretrain --config default --workdir runs/default
+  simclr-jax linear-eval --workdir runs/default
 
 Override any field from the command line, e.g. `--config.train.batch_size=128`; a field that
 does not exist here is refused (ml_collections raises, naming the key).
@@ -68,7 +68,7 @@ def get_config(arg=None):
   # --- the online head's own optimizer (simclr_jax/optim.py: online_optimizer) ------------------
   # Adam at a constant 1e-3 (Adam's usual default): the head has to keep up with a representation
   # that changes at every step, within runs of a few hundred steps here (digits: 100).
-  # pl_bolts' SSLOnlineEvaluator uses 1e-4; SolarNet 1e-5 over its ~10^5 steps (configs/sdo.py).
+  # pl_bolts' SSLOnlineEvaluator uses 1e-4; SolarNet 1e-5 over its ~10^5 steps (sdo.py).
   c.online_eval = ml_collections.ConfigDict()
   c.online_eval.learning_rate = 1e-3
   c.online_eval.weight_decay = 0.0  # > 0: AdamW (kernels only)
@@ -105,7 +105,7 @@ def get_config(arg=None):
   c.train.batch_size = 256          # global batch (all devices, all hosts)
   c.train.epochs = 100
   c.train.steps = 0                 # > 0 overrides epochs
-  # 0 = all devices. On a CPU-only host the scripts emulate the devices: N when set, else the
+  # 0 = all devices. On a CPU-only host the runs emulate the devices: N when set, else the
   # most (1-8 per core) that split the per-process batch into shares of 16 or more, the faster
   # CPU path (simclr_jax/startup.cpu_device_count); one per process for oneDNN's convolutions.
   c.train.num_devices = 0
@@ -116,7 +116,7 @@ def get_config(arg=None):
   # 0: the run stops there with a FloatingPointError naming the step; N > 0: up to N such steps
   # (in one process's run) are skipped with a warning, the next one stops the run.
   c.train.max_bad_steps = 0
-  c.train.report = True             # report.md + plots/ at the end (scripts/report.py)
+  c.train.report = True             # report.md + plots/ at the end (simclr-jax report)
   # Early stopping on a metric of the evaluation during pretraining (eval.every_epochs > 0):
   # stop once `patience` evaluations in a row brought no improvement by more than min_delta.
   # The best checkpoint by the same metric is kept in workdir/checkpoints_best.
@@ -153,7 +153,7 @@ def get_config(arg=None):
   c.eval.head_batch_size = 64
   c.eval.head_epochs = 100          # the epoch of least validation loss is kept
 
-  # --- fine-tuning (simclr_jax/finetune.py; scripts/finetune.py --workdir DIR) ----------------
+  # --- fine-tuning (simclr_jax/finetuning.py; simclr-jax finetune --workdir DIR) -------------
   # Encoder (+ `from_projection` layers of the projection head, SimCLR v2) + a new head, on
   # stratified `label_fractions` of the labelled train split (8:2 fit/val, `seed`), scored on
   # data.eval_split at the epoch of least validation loss.
@@ -223,7 +223,7 @@ def _as_default_type(default, value):
 
 def with_defaults(saved: dict) -> ml_collections.ConfigDict:
   """A workdir's saved config.json (a dict) over every default field, so a run written before a
-  field existed still takes `--config.<field>=...` overrides (scripts/finetune.py)."""
+  field existed still takes `--config.<field>=...` overrides (simclr-jax finetune)."""
   def merge(into, values):
     for key, value in values.items():
       if key in into and isinstance(into[key], ml_collections.ConfigDict) and isinstance(

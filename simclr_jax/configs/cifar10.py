@@ -1,6 +1,6 @@
 """SimCLR on CIFAR-10 (the SimCLR paper's CIFAR recipe): ResNet-18 with the CIFAR stem, LARS.
 
-  python scripts/pretrain.py --config configs/cifar10.py --workdir runs/cifar10 --linear_eval
+  simclr-jax pretrain --config cifar10 --workdir runs/cifar10 --linear_eval
 
 Data: data/cifar10/cifar10_{train,test}.npz relative to the working directory (`images` uint8
 NHWC RGB and `labels`; docs/data.md says how to make them; `--config.data.path=...`
@@ -18,8 +18,8 @@ from 1000 epochs: use it there for throughput, not for accuracy. What 20 minutes
 pretraining gives (a width-0.25 ResNet-18, 0.5089): benchmarks/quality.py, docs/results.md.
 """
 
-from configs import default
 from simclr_jax import augment
+from simclr_jax.configs import default
 
 
 def get_config(arg=None):
@@ -62,5 +62,5 @@ def get_config(arg=None):
   if arg == "tiny":
     default.shrink(c)
   elif arg:
-    raise ValueError(f"configs/cifar10.py: unknown variant {arg!r}; expected 'tiny' or none")
+    raise ValueError(f"config cifar10: unknown variant {arg!r}; expected 'tiny' or none")
   return c

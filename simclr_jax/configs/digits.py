@@ -1,6 +1,6 @@
 """The embedded default: SimCLR on scikit-learn's bundled digits, no download, CPU minutes.
 
-  python scripts/pretrain.py --config configs/digits.py --workdir runs/digits --linear_eval
+  simclr-jax pretrain --config digits --workdir runs/digits --linear_eval
 
 1437 train digits (8x8, upsampled to 16x16, one channel), ResNet-18 CIFAR stem at width 0.25
 (128-d features h), views from random resized crops of 50-100 % of the digit, brightness and
@@ -16,7 +16,7 @@ test split makes single runs vary by about 0.005.
 `get_config('tiny')` is the same pipeline shrunk for tests (a few steps, width 1/8).
 """
 
-from configs import default
+from simclr_jax.configs import default
 
 
 def get_config(arg=None):
@@ -59,5 +59,5 @@ def get_config(arg=None):
     c.eval.batch_size = 64
     c.eval.c_grid = (1.0,)
   elif arg:
-    raise ValueError(f"configs/digits.py: unknown variant {arg!r}; expected 'tiny' or none")
+    raise ValueError(f"config digits: unknown variant {arg!r}; expected 'tiny' or none")
   return c

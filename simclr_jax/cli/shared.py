@@ -1,22 +1,23 @@
-"""Flags, start-up and error handling of the scripts (pretrain, linear_eval, finetune).
+"""Flags and error handling shared by the subcommands.
 
 `run(main, argv)` parses the flags and runs `main`; a known error (a bad flag or config
-override, a config that simclr_jax/validate.py refuses, a missing or unreadable workdir) is
-printed as one line `error: ...` on stderr with exit code 2, without a traceback unless
-`--verbose`. It returns the exit code, so tests call a script's `run_cli(argv)` in-process;
-`app_run(main)` is the same through absl's app.run (its logging set-up, --help).
+override, an unknown config name, a config that simclr_jax/validate.py refuses, a missing or
+unreadable workdir) is printed as one line `error: ...` on stderr with exit code 2, without a
+traceback unless `--verbose`. It returns the exit code, so tests call a subcommand's
+`run_cli(argv)` in-process; `app_run(main, argv)` is the same through absl's app.run (its
+logging set-up, --help).
 
-`define()`: for the scripts that read a pretraining workdir, `--workdir DIR` plus
+`--config` takes a packaged config's name (`digits`, `sdo:hmi`) or a file path: `parse` puts
+the packaged file's path in its place before absl reads it (simclr_jax/configs `path`).
+
+`define()`: for the subcommands that read a pretraining workdir, `--workdir DIR` plus
 `--config.<field>=value` overrides applied to the config the run saved in DIR/config.json
-(fields it predates take their defaults; model.conv_impl is this host's, see `define`). absl
-needs the config flag defined, with its default, before it parses the command line, so the
-workdir is read from argv first.
+(`api.saved_config`). absl needs the config flag defined, with its default, before it parses
+the command line, so the workdir is read from argv first.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sys
 import traceback
@@ -24,8 +25,8 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
-from configs import default
-from simclr_jax import logs, resume, startup, validate
+from simclr_jax import api, configs, validate
+from simclr_jax.configs import default
 
 FLAGS = flags.FLAGS
 # --verbose: the config is logged before it is checked (else once the start checks pass:
@@ -69,10 +70,24 @@ def _override_name(argv, message: str) -> str | None:
   return names[0] if names else None
 
 
+def config_paths(argv) -> list[str]:
+  """argv with the value of `--config X` / `--config=X` as a file path: a packaged config's
+  name resolved (configs.path), a path kept. ValueError: an unknown name."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + configs.path(arg.split("=", 1)[1])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = configs.path(out[i + 1])
+  return out
+
+
 def parse(argv):
-  """FLAGS(argv). config_flags reads its overrides from sys.argv (not argv) and defines one
-  flag per override as it parses the config; so a second parse in the same process (tests)
-  sets sys.argv, drops the previous override flags and needs `--config FILE` in argv."""
+  """FLAGS(argv), with --config's name resolved (`config_paths`). config_flags reads its
+  overrides from sys.argv (not argv) and defines one flag per override as it parses the config;
+  so a second parse in the same process (tests) sets sys.argv, drops the previous override
+  flags and needs `--config FILE` in argv."""
+  argv = config_paths(argv)
   if any(a == "--config" or a.startswith("--config=") for a in argv):
     for name in [n for n in FLAGS if n.startswith("config.")]:
       delattr(FLAGS, name)      # defined again as the config file is parsed
@@ -113,9 +128,19 @@ def run(main, argv) -> int:
   return _call(main, argv)
 
 
-def app_run(main) -> None:
-  """`run` through absl's app.run: its logging handler, --help, faulthandler."""
-  app.run(lambda argv: _call(main, argv), flags_parser=_parse_or_exit)
+def app_run(main, argv) -> None:
+  """`run` through absl's app.run: its logging handler, --help, faulthandler; exits."""
+  app.run(lambda args: _call(main, args), argv=argv, flags_parser=_parse_or_exit)
+
+
+def define_config_file():
+  """--config for the commands that take a config (pretrain, augment-grid): default digits."""
+  holder = config_flags.DEFINE_config_file(
+      "config", configs.path("digits"), "A packaged config, NAME[:variant] "
+      f"({', '.join(configs.names())}), or a config file, FILE.py[:variant]; "
+      "--config.<field>=value overrides a field.")
+  FLAGS["config"].default_as_str = "'digits'"     # --help: the name, not the installed path
+  return holder
 
 
 def _workdir_from_argv(argv) -> str | None:
@@ -131,22 +156,15 @@ def define(argv=None):
   """(workdir flag, config flag) for the workdir named in argv (default sys.argv)."""
   workdir = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
   flags.mark_flags_as_required(["workdir"])
-  path = _workdir_from_argv(sys.argv if argv is None else argv)
-  path = os.path.join(path, "config.json") if path else ""
-  saved = {}
-  if path and os.path.exists(path):
-    try:
-      with open(path) as f:
-        saved = json.load(f)
-    except (ValueError, OSError) as e:
-      _unreadable.append(f"{path}: unreadable ({type(e).__name__}: {e})")
-  if isinstance(saved.get("model"), dict) and "conv_impl" in saved["model"]:
-    # The saved value is the convolution the pretraining host ran ('onednn' there may not build
-    # here): the start-up chooses again, unless --config.model.conv_impl says otherwise.
-    saved["model"]["conv_impl"] = "auto"
-  config = config_flags.DEFINE_config_dict(
-      "config", default.with_defaults(saved), "The run's config; override fields as --config.x=...")
-  return workdir, config
+  try:
+    config = api.saved_config(_workdir_from_argv(sys.argv if argv is None else argv))
+  except validate.ConfigError as e:     # reported once the flags are parsed (`start`)
+    _unreadable.append(str(e))
+    config = default.with_defaults({})
+  holder = config_flags.DEFINE_config_dict(
+      "config", config, "The run's config; override fields as --config.<field>=value.")
+  FLAGS["config"].default_as_str = "the config saved in WORKDIR/config.json"   # not all of it
+  return workdir, holder
 
 
 def no_extra_args(argv) -> None:
@@ -154,30 +172,9 @@ def no_extra_args(argv) -> None:
     raise validate.ConfigError(f"unexpected arguments: {argv[1:]}")
 
 
-def require_run(workdir: str) -> None:
-  """Refuses a workdir that holds no pretraining run (every script that reads one)."""
-  if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise validate.ConfigError(f"no {workdir}/config.json: is it the workdir of a pretraining "
-                               "run?")
-
-
-def start(argv, workdir: str, config, purpose: str) -> None:
-  """What linear_eval and finetune do before any work: refuse stray arguments and a workdir
-  without a pretraining run, quiet the libraries' logs, the start-up (simclr_jax/startup.py:
-  the compilation cache, the convolution path, logged, and the CPU devices for it), then the
-  config check (simclr_jax/validate.py) and the checkpoint eval.checkpoint names
-  (simclr_jax/resume.py)."""
+def start(argv) -> None:
+  """Before linear-eval's and finetune's work (the rest is api.check_run): refuse stray
+  arguments and a config.json that `define` could not read."""
   no_extra_args(argv)
   if _unreadable:
-    raise validate.ConfigError(validate.one_line(_unreadable[0]))
-  require_run(workdir)
-  logs.quiet_libraries()
-  try:
-    startup.start(config)                 # model.conv_impl='onednn' where it cannot run: refused
-  except ValueError as e:
-    raise validate.ConfigError(validate.one_line(e)) from None
-  if verbose():
-    from absl import logging
-    logging.info("config:\n%s", config)
-  validate.check(config, purpose)
-  resume.check_checkpoint(config, workdir)
+    raise validate.ConfigError(_unreadable[0])

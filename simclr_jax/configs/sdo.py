@@ -1,7 +1,7 @@
 """SolarNet's SimCLR on SDO/HMI magnetograms (Jarolim et al.'s SolarNet): SDOML `bz`, 128x128.
 
-  python scripts/pretrain.py --config configs/sdo.py --workdir runs/sdo --linear_eval
-  python scripts/finetune.py --workdir runs/sdo      # the flare classifier: TSS, HSS
+  simclr-jax pretrain --config sdo --workdir runs/sdo --linear_eval
+  simclr-jax finetune --workdir runs/sdo      # the flare classifier: TSS, HSS
 
 Data: SolarNet's sdo-dataset at data/sdo-dataset-ssl-bz-1h-2010-2014 (relative to the working
 directory; `--config.data.path=...` elsewhere): sdo-dataset-{train,val,test}.csv with
@@ -22,17 +22,18 @@ Expect (SolarNet, 2x TITAN RTX, 56,056 s): early stop at epoch 544 (patience 200
 345; train 35,479 (Quiet 30,904 / >=C 4,575), val 3,686; tensor min -1, max 1, mean -0.00045,
 std 0.0396; SSL then fine-tuned on SDOBenchmark: TSS 0.646 (supervised baseline 0.607).
 
-Variants: `configs/sdo.py:hmi` pretrains on the 84 real HMI SHARP patches bundled in
+Variants: `--config sdo:hmi` pretrains on the 84 real HMI SHARP patches bundled in
 tests/data (unlabelled, a smoke run that needs no download; a tiny model, 2 CPU cores: minutes);
-`configs/sdo.py:tiny` is that shrunk to 2 steps of a width-1/8 ResNet-18 for tests.
+`--config sdo:tiny` is that shrunk to 2 steps of a width-1/8 ResNet-18 for tests.
 """
 
 import os
 
-from configs import default
 from simclr_jax import augment
+from simclr_jax.configs import default
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The bundled sample is in the repository's tests/data (a checkout, not an installed package).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HMI_SAMPLE = os.path.join(ROOT, "tests", "data", "hmi_sharp_2012_03", "hmi_sharp_cea_128.npz")
 
 
@@ -89,7 +90,7 @@ def get_config(arg=None):
   c.train.monitor = "online_loss"
   c.train.monitor_mode = "min"
 
-  # Fine-tuning into the flare classifier (scripts/finetune.py), scored by TSS and HSS on
+  # Fine-tuning into the flare classifier (simclr-jax finetune), scored by TSS and HSS on
   # data.eval_split: SolarNet's evaluator head (128 hidden, dropout 0.2) on the encoder, all
   # labels, the epoch of least validation loss kept, stopped after 10 epochs without a better
   # one; the same model from random init is the supervised baseline.
@@ -123,5 +124,5 @@ def get_config(arg=None):
   if arg == "tiny":
     default.shrink(c, image_size=32)
   elif arg not in (None, "", "hmi"):
-    raise ValueError(f"configs/sdo.py: unknown variant {arg!r}; expected 'hmi', 'tiny' or none")
+    raise ValueError(f"config sdo: unknown variant {arg!r}; expected 'hmi', 'tiny' or none")
   return c

@@ -1,6 +1,6 @@
 """SimCLR on ImageNet (ILSVRC-2012), the paper's recipe at 100 epochs: ResNet-50, LARS, batch 4096.
 
-  python scripts/pretrain.py --config configs/imagenet.py --workdir runs/imagenet --linear_eval
+  simclr-jax pretrain --config imagenet --workdir runs/imagenet --linear_eval
 
 Data: TFDS `imagenet2012` prepared as array_record (the source reads it through
 `tfds.data_source`, never downloading): put ILSVRC2012_img_{train,val}.tar in
@@ -28,8 +28,8 @@ accelerators (the loss stays float32).
 `get_config('tiny')` is the same pipeline shrunk for tests (still reads the data).
 """
 
-from configs import default
 from simclr_jax import augment
+from simclr_jax.configs import default
 
 
 def get_config(arg=None):
@@ -78,5 +78,5 @@ def get_config(arg=None):
   if arg == "tiny":
     default.shrink(c, image_size=32)
   elif arg:
-    raise ValueError(f"configs/imagenet.py: unknown variant {arg!r}; expected 'tiny' or none")
+    raise ValueError(f"config imagenet: unknown variant {arg!r}; expected 'tiny' or none")
   return c

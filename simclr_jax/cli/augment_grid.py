@@ -1,4 +1,6 @@
-"""Picture of the augmentations: `python scripts/augment_grid.py --config configs/cifar10.py --out grid.png`.
+"""simclr-jax augment-grid: a picture of a config's augmentations.
+
+  simclr-jax augment-grid --config cifar10 --out grid.png
 
 Writes a PNG with one row per image: original | view 1 | view 2, made exactly as the train
 step makes them for the config's first --n training examples (same keys, same ops). The same
@@ -6,25 +8,22 @@ grid is logged to TensorBoard (tab Images, `augment/views`) at the start of ever
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import app, flags
-from ml_collections import config_flags
+from simclr_jax.cli import shared
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/digits.py", "Config file.")
+_CONFIG = shared.define_config_file()
 _OUT = flags.DEFINE_string("out", "augment_grid.png", "PNG file to write.")
 _N = flags.DEFINE_integer("n", 8, "Number of images (rows).")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  shared.no_extra_args(argv)
   from PIL import Image
 
-  from simclr_jax import train
   from simclr_jax import state as state_lib
+  from simclr_jax import train
   from simclr_jax.data import sources
   config = _CONFIG.value
   source = sources.make_source(config.data, config.data.train_split)
@@ -34,5 +33,10 @@ def main(argv):
   print(f"wrote {_OUT.value}: {_N.value} images x (original, view 1, view 2) of {source!r}")
 
 
-if __name__ == "__main__":
-  app.run(main)
+def run_cli(argv) -> int:
+  """`main` for this argv in this process; returns the exit code."""
+  return shared.run(main, argv)
+
+
+def app_run(argv) -> None:
+  shared.app_run(main, argv)
