@@ -16,12 +16,12 @@ are these functions behind flags.
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import logging
 
 from simclr_jax import configs, logs, resume, startup, validate
+from simclr_jax import workdir as workdir_lib
 from simclr_jax.configs import default
 
 
@@ -35,15 +35,11 @@ def saved_config(workdir: str | None):
   simclr_jax/configs/default.py), so that a run older than a field takes its default and its
   override; every default where the workdir holds no config.json (`require_run` refuses that
   workdir). ConfigError: a config.json that cannot be read."""
-  path = os.path.join(workdir, "config.json") if workdir else ""
-  saved = {}
-  if path and os.path.exists(path):
-    try:
-      with open(path) as f:
-        saved = json.load(f)
-    except (ValueError, OSError) as e:
-      raise validate.ConfigError(validate.one_line(
-          f"{path}: unreadable ({type(e).__name__}: {e})")) from None
+  try:
+    saved = (workdir_lib.read_config(workdir) if workdir else None) or {}
+  except (ValueError, OSError) as e:
+    raise validate.ConfigError(validate.one_line(
+        f"{workdir}/{workdir_lib.CONFIG}: unreadable ({type(e).__name__}: {e})")) from None
   if isinstance(saved.get("model"), dict) and "conv_impl" in saved["model"]:
     # The saved value is the convolution the pretraining host ran ('onednn' there may not build
     # here): the start-up chooses again, unless the caller's config says otherwise.
@@ -53,8 +49,8 @@ def saved_config(workdir: str | None):
 
 def require_run(workdir: str) -> None:
   """Refuses a workdir that holds no pretraining run (every reader of one)."""
-  if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise validate.ConfigError(f"no {workdir}/config.json: is it the workdir of a pretraining "
+  if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG)):
+    raise validate.ConfigError(f"no {workdir}/{workdir_lib.CONFIG}: is it the workdir of a pretraining "
                                "run?")
 
 

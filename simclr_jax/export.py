@@ -9,7 +9,9 @@ restore as the probes (state.restore). `export_encoder` writes the encoder alone
 into a folder: `encoder.npz` (its params and BatchNorm statistics, flat '/'-joined keys, plain
 numpy) and `encoder.json` (the model fields that rebuild it, the input it expects, where it
 came from); `load_encoder(folder)` needs nothing else. The projection head and the optimizer
-state are left out: SimCLR's downstream tasks use h, not z.
+state are left out: SimCLR's downstream tasks use h, not z. `export_torchvision` writes the
+encoder (and optionally the projection head) as PyTorch state_dicts that torchvision's ResNet
+loads (simclr_jax/torch_interop.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from simclr_jax import parallel
+from simclr_jax import extras, parallel, torch_interop, validate
 from simclr_jax import state as state_lib
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.models import simclr as simclr_model
@@ -81,18 +83,28 @@ def _info(config, source: dict) -> dict:
   return info
 
 
-def _from_workdir(workdir: str, which) -> Encoder:
-  config = workdir_lib.load_config(workdir)
+def _restore(config, workdir: str, which) -> tuple[dict, dict]:
+  """(the whole model's variables, where they came from) of `workdir`'s checkpoint `which`."""
   # On one device, whatever device count the run trained on (a 256 batch trained on 8
   # devices loads on a 3-device machine too). In a multi-process run every process restores
   # together, on all devices, as the probes do.
   mesh = parallel.make_mesh(1 if jax.process_count() == 1 else config.train.num_devices)
   restored, step, kind = state_lib.restore(config, workdir, which, mesh)
-  variables = {"params": restored["params"]["encoder"],
-               "batch_stats": restored["batch_stats"].get("encoder", {})}
-  info = _info(config, {"workdir": os.path.abspath(workdir), "checkpoint": kind,
-                        "checkpoint_step": step})
-  return Encoder(simclr_model.encoder_from_config(config.model), variables, info)
+  return restored, {"workdir": os.path.abspath(workdir), "checkpoint": kind,
+                    "checkpoint_step": step}
+
+
+def _part(restored: dict, name: str) -> dict:
+  """{'params', 'batch_stats'} of one part of the model ('encoder', 'projection')."""
+  return {"params": restored["params"][name],
+          "batch_stats": restored["batch_stats"].get(name, {})}
+
+
+def _from_workdir(workdir: str, which) -> Encoder:
+  config = workdir_lib.load_config(workdir)
+  restored, source = _restore(config, workdir, which)
+  return Encoder(simclr_model.encoder_from_config(config.model), _part(restored, "encoder"),
+                 _info(config, source))
 
 
 def _from_export(path: str) -> Encoder:
@@ -135,3 +147,34 @@ def export_encoder(workdir: str, out: str, checkpoint="best") -> str:
   with open(os.path.join(out, CONFIG_FILE), "w") as f:
     json.dump(info, f, indent=2)
   return out
+
+
+def export_torchvision(workdir: str, out: str, checkpoint="best",
+                       with_head: bool = False) -> list[str]:
+  """Writes the encoder of `workdir`'s `checkpoint` as a torchvision ResNet state_dict
+  (torch_interop.ENCODER_FILE; with `with_head` the projection head too, HEAD_FILE) and
+  SCRIPT_FILE, the lines that build the torch models and load them; returns the paths written.
+  validate.ConfigError: an encoder torchvision has no model for, or no torch."""
+  config = workdir_lib.load_config(workdir)
+  try:                  # before the restore: a refusal costs nothing
+    torch_interop.check_convertible(config.model)
+    torch_interop.require_torch("export --format torchvision")
+  except (ValueError, extras.MissingExtra) as e:
+    raise validate.ConfigError(validate.one_line(e)) from None
+  restored, source = _restore(config, workdir, checkpoint)
+  restored = jax.device_get(restored)
+  encoder = Encoder(simclr_model.encoder_from_config(config.model), _part(restored, "encoder"),
+                    _info(config, source))
+  os.makedirs(out, exist_ok=True)
+  files = {torch_interop.ENCODER_FILE: torch_interop.encoder_state_dict(encoder.variables)}
+  if with_head:
+    files[torch_interop.HEAD_FILE] = torch_interop.head_state_dict(
+        _part(restored, "projection"), config.model.proj_layers)
+  paths = []
+  for name, state_dict in files.items():
+    paths.append(os.path.join(out, name))
+    torch_interop.save(state_dict, paths[-1])
+  paths.append(os.path.join(out, torch_interop.SCRIPT_FILE))
+  with open(paths[-1], "w") as f:
+    f.write(torch_interop.script(config.model, encoder.info, encoder.feature_dim, with_head))
+  return paths

@@ -14,6 +14,7 @@ import sys
 EXTRAS = {
     "tensorflow_datasets": ("tfds", "tensorflow-datasets"),
     "astropy": ("fits", "astropy"),
+    "torch": ("torch", "torch"),             # simclr_jax/torch_interop.py
 }
 
 

@@ -5,7 +5,8 @@ Protocol (config.finetune, fields in simclr_jax/configs/default.py), per label f
              (`val_fraction`, stratified) into fit / val; scored on `data.eval_split`;
   model      the encoder (+ the first `from_projection` layers of the projection head:
              SimCLR v2 fine-tunes from the first layer of its 3-layer head) + a new linear or
-             MLP head; `scratch` is the same model from random init, same schedule;
+             MLP head; `scratch` is the same model from random init, same schedule
+             (`init_from` instead: its encoder from model.init_from);
   optimizer  optax, the head at `learning_rate`, the encoder at `encoder_lr` (0 = frozen: its
              parameters are carried over untouched, bitwise);
   BatchNorm  `train` (batch statistics averaged over the mesh, running averages updated) or
@@ -143,7 +144,8 @@ class Trainer:
 
   def init(self, seed: int, pretrained=None):
     """Fresh variables (seed); with `pretrained` (a pretraining run's variables, {'params',
-    'batch_stats'}: state.restore) its encoder and projection layers are copied in."""
+    'batch_stats'}: state.restore) its encoder and projection layers are copied in; without,
+    the encoder of model.init_from where set (the baseline from, e.g., supervised weights)."""
     c = self.config.data
     dummy = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
     with jax.threefry_partitionable(False):   # init compiles ~3x faster (see state.init_state)
@@ -159,6 +161,12 @@ class Trainer:
                 for kind in ("dense", "bn")}
         params["projection"] = {k: pre_params["projection"][k] for k in kept}
         stats["projection"] = {k: v for k, v in pre_stats["projection"].items() if k in kept}
+    elif self.config.model.get("init_from"):
+      from simclr_jax import torch_interop
+      loaded = torch_interop.encoder_variables(
+          self.config.model.init_from, {"params": params["encoder"],
+                                        "batch_stats": stats["encoder"]})
+      params["encoder"], stats["encoder"] = loaded["params"], loaded["batch_stats"]
     state = state_lib.TrainState.create(apply_fn=self.model.apply, params=params,
                                         batch_stats=stats, tx=self.tx)
     # Copies: the train step donates its state, and the pretrained arrays must outlive it
@@ -302,8 +310,8 @@ def finetune(workdir: str, config=None) -> dict:
   pretrained, step, kind = state_lib.restore(config, workdir, config.eval.get("checkpoint", "best"),
                                              trainer.mesh)
   inits = {"pretrained": pretrained}
-  if ft.baseline:
-    inits["scratch"] = None
+  if ft.baseline:       # from random init, or from model.init_from where set
+    inits["init_from" if config.model.get("init_from") else "scratch"] = None
   results = []
   for fraction in ft.label_fractions:
     fit_idx, val_idx = _split(y, fraction, ft.val_fraction, ft.seed)

@@ -70,15 +70,16 @@ class Writer:
       self._events = EventFileWriter(logdir)
 
   def _add(self, step: int, summary) -> None:
-    if self._events is not None:
-      from tensorboard.compat.proto import event_pb2
-      self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                             summary=summary))
+    from tensorboard.compat.proto import event_pb2
+    self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                           summary=summary))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     # The metric line clu's LoggingWriter printed: "[step] a=1.5, b=2".
     logging.info("[%d] %s", step, ", ".join(
         f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(scalars.items())))
+    if self._events is None:        # not the chief: the log line only
+      return
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.plugins.scalar import summary_v2 as scalar_summary
     summary = summary_pb2.Summary()
@@ -89,6 +90,8 @@ class Writer:
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """Each value (H, W, C) or (N, H, W, C), uint8 or float in [0, 1]."""
     logging.info("[%d] Got images: %s.", step, {k: np.shape(v) for k, v in images.items()})
+    if self._events is None:
+      return
     from PIL import Image
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.plugins.image import metadata as image_metadata
@@ -113,6 +116,8 @@ class Writer:
     self._add(step, summary)
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+    if self._events is None:
+      return
     from tensorboard.plugins.hparams import summary_v2 as hparams_summary
     self._add(0, hparams_summary.hparams_pb(dict(hparams)))
 

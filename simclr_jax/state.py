@@ -1,10 +1,11 @@
 """The train state of a run and what it is built from: the model, the optimizer, the mesh.
 
 `build(config, n)` derives everything pretraining needs from its config (a `Setup`),
-`init_state` makes the first TrainState, `run_keys` the run's keys. Readers of a finished run
-(linear probe, fine-tuning, export) need only its variables: `restore` reads the parameters
-and BatchNorm statistics of the checkpoint `eval.checkpoint` names, into the shapes of the
-config's model, without building the optimizer or reading its state.
+`init_state` makes the first TrainState (its encoder read from model.init_from where set),
+`run_keys` the run's keys. Readers of a finished run (linear probe, fine-tuning, export) need
+only its variables: `restore` reads the parameters and BatchNorm statistics of the checkpoint
+`eval.checkpoint` names, into the shapes of the config's model, without building the
+optimizer or reading its state.
 """
 
 from __future__ import annotations
@@ -99,7 +100,23 @@ def init_state(setup: Setup, rng) -> TrainState:
     # cache hit), not one traced for another step type.
     return state.replace(step=jnp.zeros((), jnp.int32))
 
-  return _init_on(setup.mesh, _init, rng)
+  return _with_init_from(setup, _init_on(setup.mesh, _init, rng))
+
+
+def _with_init_from(setup: Setup, state: TrainState) -> TrainState:
+  """model.init_from: the encoder's params and BatchNorm statistics read from that file, in
+  place of the fresh ones; the heads stay as initialised, and so does the optimizer state,
+  whose init reads no parameter's value (momenta start at zero). Put in after the jitted
+  init, not inside it, where the arrays would be compiled in as constants."""
+  path = setup.config.model.get("init_from")
+  if not path:
+    return state
+  from simclr_jax import torch_interop
+  fresh = {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]}
+  loaded = jax.device_put(torch_interop.encoder_variables(path, fresh),
+                          parallel.replicated(setup.mesh))
+  return state.replace(params={**state.params, "encoder": loaded["params"]},
+                       batch_stats={**state.batch_stats, "encoder": loaded["batch_stats"]})
 
 
 def run_keys(seed: int):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 _COLUMNS = (("linear probe", None), ("fine-tuned", "pretrained"),
-            ("supervised from scratch", "scratch"))
+            ("supervised from scratch", "scratch"),
+            ("supervised from model.init_from", "init_from"))     # finetuning.finetune's inits
 
 
 def _score(row: dict) -> str:
@@ -17,10 +18,11 @@ def _score(row: dict) -> str:
 
 def fraction_table(finetune_report: dict, probe_report: dict | None = None) -> str:
   """Test accuracy (and TSS/HSS or F1/mAP) per label fraction: linear probe (of the pretrained
-  features, from linear_eval.json when given), fine-tuned, supervised from scratch."""
+  features, from linear_eval.json when given), fine-tuned, supervised from scratch (or from
+  model.init_from's encoder)."""
   cells: dict[float, dict[str, str]] = {}
   for r in finetune_report["results"]:
-    col = "fine-tuned" if r["init"] == "pretrained" else "supervised from scratch"
+    col = next(c for c, init in _COLUMNS if init == r["init"])
     cells.setdefault(r["label_fraction"], {})[col] = _score(r)
   for r in (probe_report or {}).get("results", []):
     if r["features"] == "pretrained" and r["label_fraction"] in cells:

@@ -8,7 +8,8 @@ order, and stops at the first problem:
    registries: optim.OPTIMIZERS, data sources, backbones, augment presets and fields);
 2. across fields: the augmentation against the channel count and the image size, the batch
    against the devices and processes, the classes against the label thresholds, the early
-   stopping against the evaluation cadence, the image size against the backbone's stride;
+   stopping against the evaluation cadence, the image size against the backbone's stride,
+   model.init_from's keys and shapes against the encoder (pretraining, fine-tuning);
 3. the data: the source is opened and its first example must be (image_size, image_size,
    channels); its labels must fit data.num_classes; a pretraining split must hold a batch.
 
@@ -136,6 +137,7 @@ RULES: dict[str, Rule] = {
     "model.proj_layers": integer(2), "model.dtype": choice(names_of("dtypes")),
     "model.conv_impl": choice(names_of("conv_impls")), "model.online_head": BOOL,
     "model.online_hidden": integer(0), "model.online_dropout": PROB_OPEN,
+    "model.init_from": TEXT,
     "online_eval.learning_rate": POSITIVE, "online_eval.weight_decay": NONNEG,
     "loss.temperature": POSITIVE,
     "optim.name": choice(names_of("optimizers")), "optim.learning_rate": NONNEG,
@@ -283,6 +285,20 @@ def check_finetune(config) -> None:
          f"0..{m.proj_layers - 1} (model.proj_layers={m.proj_layers})")
 
 
+def check_init_from(config) -> None:
+  """model.init_from: the file's keys and shapes against the config's encoder (traced, not
+  compiled), so that a mismatch is one line naming the parameter before any work."""
+  if not config.model.get("init_from"):
+    return
+  from simclr_jax import torch_interop
+  try:
+    torch_interop.check_init_from(config.model, config.data.channels)
+  except extras.MissingExtra as e:
+    raise ConfigError(str(e)) from None
+  except ValueError as e:
+    raise ConfigError(one_line(f"model.init_from: {e}")) from None
+
+
 def check_devices(config) -> None:
   """The batch against the device and process counts (jax's backend starts here)."""
   import jax
@@ -374,6 +390,8 @@ def check(config, purpose: str = "pretrain", data: bool = True):
     raise ValueError(f"purpose={purpose!r}; expected one of {PURPOSES}")
   check_fields(config)
   check_cross(config, purpose)
+  if purpose != "linear_eval":       # the probe reads a checkpoint, not the file it started from
+    check_init_from(config)
   if not data:
     return None
   source = check_data(config, purpose)

@@ -44,12 +44,22 @@ def path(workdir) -> epath.Path:
   return epath.Path(os.path.abspath(workdir))   # etils 1.10's Path has no .absolute()
 
 
-def load_config(workdir) -> ml_collections.ConfigDict:
-  """The config.json a run saved (as written: fields newer than the run are absent)."""
+def read_config(workdir) -> dict | None:
+  """The config.json a run saved, as the dict written (fields newer than the run are absent);
+  None where the workdir holds none. ValueError: a config.json that is not JSON."""
   file = epath.Path(workdir) / CONFIG
   if not file.exists():
-    raise FileNotFoundError(f"no {file}: is {str(workdir)!r} the workdir of a pretraining run?")
-  return ml_collections.ConfigDict(json.loads(file.read_text()))
+    return None
+  return json.loads(file.read_text())
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """`read_config` as a ConfigDict; FileNotFoundError where the workdir holds no config.json."""
+  saved = read_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"no {epath.Path(workdir) / CONFIG}: is {str(workdir)!r} the "
+                            "workdir of a pretraining run?")
+  return ml_collections.ConfigDict(saved)
 
 
 def write_config(config, workdir) -> None:

@@ -109,3 +109,17 @@ def hparams(workdir: str) -> dict:
       for name, value in info.hparams.items():
         out[name] = getattr(value, value.WhichOneof("kind"))
   return out
+
+
+def tiny_run_config(steps: int, evaluate: bool):
+  """The digits:tiny config with the online head, on one device (compile time dominates: one
+  device is the cheapest); `evaluate`: a kNN evaluation every 2 steps (the best checkpoint)."""
+  from simclr_jax.configs import digits
+  c = digits.get_config("tiny")
+  c.train.steps = steps
+  c.train.num_devices = 1
+  c.model.online_head = True
+  if evaluate:
+    c.eval.every_epochs = 2 / (1437 // c.train.batch_size)
+    c.eval.knn_bank_size = 256
+  return c

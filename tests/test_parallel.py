@@ -13,8 +13,8 @@
   same state, and the free-running losses with the uninterrupted 1-device run.
 * Multi-host start settings, and the batch-size check before anything compiles.
 
-Compile time dominates: every step function is compiled once (at -O0). The 2-process run is
-in the slow tier.
+Compile time dominates: every step function is compiled once (at -O0). The 2-process run and
+the two bugs' steps are in the slow tier.
 """
 
 import dataclasses
@@ -246,7 +246,7 @@ def setups():
 def steps64(setups):
   """The identity, where rounding cannot reach: one update in float64 (parameters, optimizer
   state and every computation of the network, loss and update) from the same state and global
-  batch on 1 device, 8 devices, 8 devices with the rows permuted, and the two per-device bugs.
+  batch on 1 device, 8 devices, and 8 devices with the rows permuted (the bugs: `bugs64`).
 
   float64 rounds at ~1e-16, nine orders of magnitude below the ReLU inputs nearest to 0 in this
   step (~1e-7, see test_eight_devices_equal_one_device_in_float32), so no ReLU takes another
@@ -270,11 +270,21 @@ def steps64(setups):
     out = {"state0": state0, "tx": tx, "one": _run_step(by_n[1], state0, batch, key),
            "eight": _run_step(by_n[N_DEV], state0, batch, key)}
     out["eight_permuted"] = _rerun(out["eight"], state0, _permuted(batch))
-    out["no_gather"] = _run_step(by_n[N_DEV], state0, batch, key, patch_loss=True)
-    per_device_bn = by_n[N_DEV].model.clone(bn_axis_name=None)
-    out["per_device_bn"] = _run_step(by_n[N_DEV], state0, batch, key,
-                                     model=_PerDeviceBatchNorm(per_device_bn))
+  out.update(by_n=by_n, batch=batch, key=key)
   return out
+
+
+@pytest.fixture(scope="module")
+def bugs64(steps64):
+  """The two per-device bugs the float64 comparison must catch, each one update from the same
+  state and batch on 8 devices: the loss without the all_gather (negatives from the device's
+  own rows), and BatchNorm with each device's own statistics."""
+  by_n, state0, batch, key = (steps64[k] for k in ("by_n", "state0", "batch", "key"))
+  with jax.enable_x64(True):
+    per_device_bn = by_n[N_DEV].model.clone(bn_axis_name=None)
+    return {"no_gather": _run_step(by_n[N_DEV], state0, batch, key, patch_loss=True),
+            "per_device_bn": _run_step(by_n[N_DEV], state0, batch, key,
+                                       model=_PerDeviceBatchNorm(per_device_bn))}
 
 
 @pytest.fixture(scope="module")
@@ -398,15 +408,17 @@ def test_permuted_rows_equal_one_device(steps64):
   _compare(steps64["eight_permuted"], steps64["one"], RTOL64)
 
 
+@pytest.mark.slow      # two more compiled steps: the comparison's power, not the step's behaviour
 @pytest.mark.parametrize("bug", ["no_gather", "per_device_bn"])
-def test_per_device_bugs_fail_the_comparison(steps64, bug):
+def test_per_device_bugs_fail_the_comparison(steps64, bugs64, bug):
+  run, one = bugs64[bug], steps64["one"]
   with pytest.raises(AssertionError):
-    _compare(steps64[bug], steps64["one"], RTOL64)
+    _compare(run, one, RTOL64)
   # Not a float-noise failure: the loss itself is clearly off.
-  rel = abs(float(steps64[bug]["metrics"]["loss"]) / float(steps64["one"]["metrics"]["loss"]) - 1)
-  print(f"\n{bug}: loss {float(steps64[bug]['metrics']['loss']):.6f} vs "
-        f"{float(steps64['one']['metrics']['loss']):.6f} on 1 device")
-  _report(bug, steps64[bug], steps64["one"])
+  rel = abs(float(run["metrics"]["loss"]) / float(one["metrics"]["loss"]) - 1)
+  print(f"\n{bug}: loss {float(run['metrics']['loss']):.6f} vs "
+        f"{float(one['metrics']['loss']):.6f} on 1 device")
+  _report(bug, run, one)
   assert rel > 1e-3, rel
 
 

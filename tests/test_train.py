@@ -7,8 +7,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from helpers import SimulatedCrash, hparams, run_python, save_then_crash, scalars
-from simclr_jax import checkpoint, train
+from helpers import hparams, run_python, scalars, tiny_run_config
+from simclr_jax import train
 from simclr_jax import state as state_lib
 from simclr_jax.configs import digits
 
@@ -27,26 +27,23 @@ def _params(workdir, step):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """A 3-step run killed right after its step-2 checkpoint, then started again with the same
-  command; and the same 3-step run uninterrupted."""
-  interrupted = str(tmp_path_factory.mktemp("interrupted"))
+def runs(tiny_run, tiny_run_after_crash, tmp_path_factory):
+  """The session's tiny run (tests/conftest.py): 3 steps, killed right after its step-2
+  checkpoint (the workdir as the kill left it: tiny_run_after_crash), then started again with
+  the same command; and the same 3-step run uninterrupted (its step program comes from the
+  session's compilation cache)."""
   straight = str(tmp_path_factory.mktemp("straight"))
-  with pytest.MonkeyPatch.context() as mp:     # module-scoped: monkeypatch's own context
-    mp.setattr(checkpoint, "save", save_then_crash(2))
-    with pytest.raises(SimulatedCrash):
-      train.pretrain(_config(3), interrupted)
-  steps_after_crash = ocp.CheckpointManager(os.path.join(interrupted, "checkpoints")).all_steps()
-  events_after_crash = scalars(interrupted)
-  train.pretrain(_config(3), interrupted)      # the same command again: resumes at step 2
-  last = train.pretrain(_config(3), straight)
-  return dict(interrupted=interrupted, straight=straight, last=last,
-              steps_after_crash=steps_after_crash, events_after_crash=events_after_crash)
+  last = train.pretrain(tiny_run_config(3, evaluate=False), straight)
+  after_crash = tiny_run_after_crash
+  return dict(interrupted=tiny_run, straight=straight, last=last,
+              steps_after_crash=sorted(int(p) for p in os.listdir(
+                  os.path.join(after_crash, "checkpoints")) if p.isdigit()),
+              after_crash=after_crash, events_after_crash=scalars(after_crash))
 
 
 def test_killed_run_left_checkpoint_and_events(runs):
   assert 2 in runs["steps_after_crash"] and 3 not in runs["steps_after_crash"]
-  params, step = _params(runs["interrupted"], 2)
+  params, step = _params(runs["after_crash"], 2)
   assert step == 2
   ev = runs["events_after_crash"]
   for tag in ("loss", "contrastive_accuracy", "learning_rate", "images_per_sec", "l2_grads"):
@@ -56,13 +53,14 @@ def test_killed_run_left_checkpoint_and_events(runs):
   assert png.dtype == object and bytes(png[-1]).startswith(b"\x89PNG")
   # Learning rate logged at step s is the schedule at s-1: linear warm-up from 0 to
   # base_lr * B / 256 over round(warmup_epochs * steps_per_epoch) steps, at most the run's 3.
-  c = _config(3)
+  c = tiny_run_config(3, evaluate=False)
   peak = c.optim.base_lr * c.train.batch_size / 256
   warmup = min(round(c.optim.warmup_epochs * (1437 // c.train.batch_size)), 3)
   assert ev["learning_rate"][1] == pytest.approx(0.0, abs=1e-12)
   assert ev["learning_rate"][2] == pytest.approx(peak / warmup, rel=1e-5)
-  # NT-Xent of an untrained model on 2B = 64 views is near log(2B - 1).
-  assert abs(ev["loss"][1] - np.log(2 * c.train.batch_size - 1)) < 0.5
+  # NT-Xent of an untrained model on 2B = 64 views is near log(2B - 1) ('loss' adds the
+  # online head's cross-entropy).
+  assert abs(ev["contrastive_loss"][1] - np.log(2 * c.train.batch_size - 1)) < 0.5
   # The config in TensorBoard's HParams tab, flat: runs compare field by field.
   hp = hparams(runs["interrupted"])
   assert hp["optim.name"] == c.optim.name and hp["train.batch_size"] == c.train.batch_size

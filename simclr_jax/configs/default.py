@@ -64,6 +64,12 @@ def get_config(arg=None):
   c.model.online_head = False       # train a classifier on stop_gradient(h) when labels exist
   c.model.online_hidden = 128       # 0 = linear online head
   c.model.online_dropout = 0.0
+  # '' = random init. Else the encoder's params and BatchNorm statistics come from PATH: a
+  # torchvision ResNet state_dict (.pt; `fc.*` ignored), a `simclr-jax export` folder (either
+  # format); the heads are initialised as usual. Pretraining starts from it (a resume keeps its
+  # checkpoint's weights); fine-tuning's baseline starts from it instead of random init (row
+  # 'init_from'). Width 1, resnet18..152 only (simclr_jax/torch_interop.py).
+  c.model.init_from = ""
 
   # --- the online head's own optimizer (simclr_jax/optim.py: online_optimizer) ------------------
   # Adam at a constant 1e-3 (Adam's usual default): the head has to keep up with a representation
