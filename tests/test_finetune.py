@@ -238,3 +238,45 @@ def test_the_table_names_the_baseline_by_its_start():
   table = tables.fraction_table(report)
   assert "| labels | fine-tuned | supervised from model.init_from |" in table
   assert "| 10% | 0.5000 | 0.2500 |" in table
+
+
+@pytest.mark.slow      # its own checkpoint and fine-tuning program (~40 s)
+def test_from_head_layer_1_of_a_3_layer_head_trains_the_encoder_and_that_layer(tmp_path):
+  """SimCLR v2's fine-tuning (google-research/simclr ft_proj_selector=1): the encoder and the
+  head's first layer (Dense, BatchNorm; its ReLU) are trained on, under a new linear head; the
+  later projection layers are dropped."""
+  config = _config()
+  config.model.proj_layers = 3                # v2's head: 2 hidden layers, then the output
+  config.train.num_devices = 1
+  config.finetune.from_projection = 1
+  config.finetune.encoder_lr = 0.05
+  config.finetune.epochs = 1
+  workdir, _ = _workdir(config, tmp_path / "run", 64)
+  trainer = finetuning.Trainer(config, 10, multilabel=False)
+  pretrained, _, _ = state_lib.restore(config, workdir, "latest", trainer.mesh)
+  state = trainer.init(0, pretrained)
+  saved = _saved(workdir)
+  assert set(saved["params"]["projection"]) == {"dense1", "bn1", "dense2", "bn2", "out"}
+  assert set(state.params) == {"encoder", "projection", "head"}
+  assert set(state.params["projection"]) == {"dense1", "bn1"}     # dense2, bn2, out: dropped
+  assert state.params["head"]["out"]["kernel"].shape == (config.model.hidden_mlp, 10)
+  src = sources.make_source(config.data, "train")
+  fit, val = np.arange(0, 32), np.arange(32, 48)
+  _, last, _ = trainer.fit(state, Subset(src, fit), Subset(src, val), src.labels[val], "label",
+                           seed=0)
+  assert int(last.step) == 32 // config.finetune.batch_size
+  for part in ("encoder", "projection"):      # trained on, from the pretrained values
+    before = jax.tree.leaves({k: v for k, v in saved["params"][part].items()
+                              if part == "encoder" or k in ("dense1", "bn1")})
+    after = jax.tree.leaves(last.params[part])
+    assert len(before) == len(after)
+    assert all(not np.array_equal(a, b) for a, b in zip(after, before)), part
+
+
+def test_a_head_layer_past_the_hidden_ones_is_refused_in_one_line():
+  config = _config()
+  config.model.proj_layers = 3
+  config.finetune.from_projection = 3          # 3 layers: 2 hidden, then the output
+  with pytest.raises(ValueError, match=r"^finetune\.from_projection=3: expected 0\.\.2 "
+                     r"\(model\.proj_layers=3\)$"):
+    finetuning.Trainer(config, 10, multilabel=False)
