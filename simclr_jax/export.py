@@ -100,11 +100,14 @@ def _part(restored: dict, name: str) -> dict:
           "batch_stats": restored["batch_stats"].get(name, {})}
 
 
-def _from_workdir(workdir: str, which) -> Encoder:
-  config = workdir_lib.load_config(workdir)
-  restored, source = _restore(config, workdir, which)
+def _encoder(config, restored: dict, source: dict) -> Encoder:
   return Encoder(simclr_model.encoder_from_config(config.model), _part(restored, "encoder"),
                  _info(config, source))
+
+
+def _from_workdir(workdir: str, which) -> Encoder:
+  config = workdir_lib.load_config(workdir)
+  return _encoder(config, *_restore(config, workdir, which))
 
 
 def _from_export(path: str) -> Encoder:
@@ -163,8 +166,7 @@ def export_torchvision(workdir: str, out: str, checkpoint="best",
     raise validate.ConfigError(validate.one_line(e)) from None
   restored, source = _restore(config, workdir, checkpoint)
   restored = jax.device_get(restored)
-  encoder = Encoder(simclr_model.encoder_from_config(config.model), _part(restored, "encoder"),
-                    _info(config, source))
+  encoder = _encoder(config, restored, source)
   os.makedirs(out, exist_ok=True)
   files = {torch_interop.ENCODER_FILE: torch_interop.encoder_state_dict(encoder.variables)}
   if with_head:

@@ -161,12 +161,8 @@ class Trainer:
                 for kind in ("dense", "bn")}
         params["projection"] = {k: pre_params["projection"][k] for k in kept}
         stats["projection"] = {k: v for k, v in pre_stats["projection"].items() if k in kept}
-    elif self.config.model.get("init_from"):
-      from simclr_jax import torch_interop
-      loaded = torch_interop.encoder_variables(
-          self.config.model.init_from, {"params": params["encoder"],
-                                        "batch_stats": stats["encoder"]})
-      params["encoder"], stats["encoder"] = loaded["params"], loaded["batch_stats"]
+    else:
+      params, stats = state_lib.with_init_from(self.config.model, params, stats)
     state = state_lib.TrainState.create(apply_fn=self.model.apply, params=params,
                                         batch_stats=stats, tx=self.tx)
     # Copies: the train step donates its state, and the pretrained arrays must outlive it

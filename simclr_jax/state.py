@@ -103,20 +103,29 @@ def init_state(setup: Setup, rng) -> TrainState:
   return _with_init_from(setup, _init_on(setup.mesh, _init, rng))
 
 
-def _with_init_from(setup: Setup, state: TrainState) -> TrainState:
-  """model.init_from: the encoder's params and BatchNorm statistics read from that file, in
-  place of the fresh ones; the heads stay as initialised, and so does the optimizer state,
-  whose init reads no parameter's value (momenta start at zero). Put in after the jitted
-  init, not inside it, where the arrays would be compiled in as constants."""
-  path = setup.config.model.get("init_from")
+def with_init_from(model_cfg, params: dict, batch_stats: dict) -> tuple[dict, dict]:
+  """(params, batch_stats) with the encoder's replaced by model.init_from's (as they are where
+  it is unset); the heads stay as given. Pretraining's `init_state` and fine-tuning's baseline
+  (finetuning.Trainer.init) both start from it."""
+  path = model_cfg.get("init_from")
   if not path:
-    return state
+    return params, batch_stats
   from simclr_jax import torch_interop
-  fresh = {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]}
-  loaded = jax.device_put(torch_interop.encoder_variables(path, fresh),
-                          parallel.replicated(setup.mesh))
-  return state.replace(params={**state.params, "encoder": loaded["params"]},
-                       batch_stats={**state.batch_stats, "encoder": loaded["batch_stats"]})
+  loaded = torch_interop.encoder_variables(
+      path, {"params": params["encoder"], "batch_stats": batch_stats["encoder"]})
+  return ({**params, "encoder": loaded["params"]},
+          {**batch_stats, "encoder": loaded["batch_stats"]})
+
+
+def _with_init_from(setup: Setup, state: TrainState) -> TrainState:
+  """`with_init_from` on the initial state. Put in after the jitted init, not inside it, where
+  the arrays would be compiled in as constants; the optimizer state stays as initialised, its
+  init reads no parameter's value (momenta start at zero)."""
+  if not setup.config.model.get("init_from"):
+    return state
+  params, batch_stats = with_init_from(setup.config.model, state.params, state.batch_stats)
+  return state.replace(**jax.device_put({"params": params, "batch_stats": batch_stats},
+                                        parallel.replicated(setup.mesh)))
 
 
 def run_keys(seed: int):
