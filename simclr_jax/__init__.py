@@ -14,8 +14,8 @@ import importlib
 __version__ = "0.1.0"
 
 # name -> the module it lives in, imported when first asked for
-_LAZY = {"pretrain": "api", "linear_eval": "api", "finetune": "api",
-         "load_encoder": "export", "export_encoder": "export"}
+_LAZY = {"pretrain": "api", "linear_eval": "api", "finetune": "api", "distill": "api",
+         "load_encoder": "export", "export_encoder": "export", "embed": "embeddings"}
 __all__ = [*_LAZY, "configs"]
 
 

@@ -97,6 +97,7 @@ def pretrain(config, workdir: str | None = None, *, linear_eval: bool = False,
                                     # run exits here (train.Preempted)
   from simclr_jax import report             # matplotlib, only once the run is done
   report.write_after_pretraining(config, workdir)   # train.report; a failure is logged only
+  logs.log_plots(config, workdir)           # logs.wandb: the report's plots, to the run's W&B run
   if linear_eval:
     from simclr_jax import evaluate
     evaluate.print_report(evaluate.linear_eval(workdir, config))
@@ -137,4 +138,19 @@ def finetune(workdir: str, config=None, *, verbose: bool = False) -> dict:
   for r in result["results"]:
     print(f"{r['init']:<11s} labels {r['label_fraction']:>6.1%}  best epoch {r['best_epoch']:>3d}"
           f"/{r['epochs_run']}  {metrics.headline(r['metrics'])}", flush=True)
+  return result
+
+
+def distill(workdir: str, config=None, *, verbose: bool = False) -> dict:
+  """SimCLR v2 self-distillation of the models `finetune` saved in `workdir` into students
+  (resumes a killed run): prints the teacher's and the student's score per label fraction,
+  writes workdir/distill.json and distill.md and returns the report. `config`: default the
+  run's saved one (its distill.* fields: simclr_jax/distillation.py)."""
+  config = saved_config(workdir) if config is None else config_of(config)
+  check_run(workdir, config, "finetune", verbose)
+  from simclr_jax import distillation, metrics
+  result = distillation.distill(workdir, config)
+  for r in result["results"]:
+    print(f"labels {r['label_fraction']:>6.1%}  teacher {metrics.headline(r['teacher_metrics'])}"
+          f"  student {metrics.headline(r['metrics'])}  ({r['seconds']:.0f} s)", flush=True)
   return result

@@ -8,7 +8,9 @@ best one when the run kept one, else the latest; 'latest'; or a step), through t
 restore as the probes (state.restore). `export_encoder` writes the encoder alone
 into a folder: `encoder.npz` (its params and BatchNorm statistics, flat '/'-joined keys, plain
 numpy) and `encoder.json` (the model fields that rebuild it, the input it expects, where it
-came from); `load_encoder(folder)` needs nothing else. The projection head and the optimizer
+came from, and how a raw file becomes its input: simclr_jax/data/preprocess.py);
+`load_encoder(folder)` needs nothing else, and `encoder.embed_files(paths)` reads, prepares and
+embeds files as the run prepared its training images. The projection head and the optimizer
 state are left out: SimCLR's downstream tasks use h, not z. `export_torchvision` writes the
 encoder (and optionally the projection head) as PyTorch state_dicts that torchvision's ResNet
 loads (simclr_jax/torch_interop.py).
@@ -26,16 +28,20 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from simclr_jax import extras, parallel, torch_interop, validate
+from absl import logging
+
+from simclr_jax import extras, parallel, progress, torch_interop, validate
 from simclr_jax import state as state_lib
 from simclr_jax import workdir as workdir_lib
+from simclr_jax.data import preprocess as preprocess_lib
 from simclr_jax.models import simclr as simclr_model
 
 CONFIG_FILE = "encoder.json"
 WEIGHTS_FILE = "encoder.npz"
 # The model fields that rebuild the encoder (models.simclr.encoder_from_config reads these).
 MODEL_FIELDS = ("backbone", "width_multiplier", "cifar_stem", "dtype", "conv_impl")
-FORMAT_VERSION = 1
+# 2: encoder.json records `preprocess`; a version 1 export loads, and says it lacks it.
+FORMAT_VERSION = 2
 
 
 class Encoder:
@@ -45,6 +51,8 @@ class Encoder:
   `image_size` is the side the encoder was trained at (any side works, the network pools
   globally, but features are comparable at that size). Large inputs are fed `batch_size`
   images at a time. `variables` and `module` are the Flax pieces for code that wants them.
+  `preprocess(raw)` turns one stored image (uint8 png, gauss FITS, uint16 bands, ...) into
+  the input as the run's source did; `embed_files(paths)` reads, prepares and embeds files.
   """
 
   def __init__(self, module, variables, info: dict[str, Any]):
@@ -52,6 +60,7 @@ class Encoder:
     self.image_size = int(info["image_size"])
     self.channels = int(info["channels"])
     self.value_range = tuple(info["value_range"]) if info.get("value_range") else None
+    self.preprocessing = info.get("preprocess")     # simclr_jax/data/preprocess.py's spec
     self._apply = jax.jit(lambda v, x: module.apply(v, x, train=False).astype(jnp.float32))
     dummy = jax.ShapeDtypeStruct((1, self.image_size, self.image_size, self.channels),
                                  jnp.float32)
@@ -64,6 +73,32 @@ class Encoder:
     out = [np.asarray(self._apply(self.variables, x[i:i + batch_size]))
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+
+  def preprocess(self, raw, file_kind: str = "image") -> np.ndarray:
+    """One image as stored (H, W[, C]) -> the encoder's input (S, S, C) float32; `file_kind`
+    'fits' or 'npz' for arrays in that file's orientation (row 0 = south)."""
+    preprocess_lib.check(self.preprocessing, self._where())
+    return preprocess_lib.apply(self.preprocessing, raw, file_kind)
+
+  def embed_files(self, paths, batch_size: int = 256, show_progress: bool = False) -> np.ndarray:
+    """h (N, feature_dim) of the files `paths` (png/jpg/tif/bmp, .npy, FITS, .npz), each read
+    and prepared by `preprocess`, `batch_size` at a time."""
+    preprocess_lib.check(self.preprocessing, self._where())
+    paths = [os.fspath(p) for p in paths]
+    bar = progress.Progress("embed", len(paths), unit="file") if show_progress else None
+    out = []
+    for i in range(0, len(paths), batch_size):
+      images = np.stack([preprocess_lib.read(self.preprocessing, p)
+                         for p in paths[i:i + batch_size]])
+      out.append(self(images, batch_size))
+      if bar:
+        bar.update(min(i + batch_size, len(paths)))
+    if bar:
+      bar.close()
+    return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+
+  def _where(self) -> str:
+    return self.info.get("export") or self.info.get("workdir") or "this encoder"
 
   def __repr__(self) -> str:
     return (f"Encoder({self.info['backbone']} x{self.info['width_multiplier']}, "
@@ -79,7 +114,8 @@ def _info(config, source: dict) -> dict:
   info = {k: m.get(k, "xla") if k == "conv_impl" else m[k] for k in MODEL_FIELDS}
   info.update(image_size=int(d.image_size), channels=int(d.channels),
               value_range=list(d.value_range) if d.get("value_range") else None,
-              data_source=d.source, format_version=FORMAT_VERSION, **source)
+              data_source=d.source, format_version=FORMAT_VERSION,
+              preprocess=preprocess_lib.spec(d), **source)
   return info
 
 
@@ -120,6 +156,13 @@ def _from_export(path: str) -> Encoder:
     flat = {tuple(k.split("/")): jnp.asarray(npz[k]) for k in npz.files}
   variables = traverse_util.unflatten_dict(flat)
   variables.setdefault("batch_stats", {})
+  info["export"] = os.path.abspath(path)
+  if not info.get("preprocess"):
+    logging.warning("%s: an export of format %s, which records no preprocessing: "
+                    "encoder(images) works on prepared arrays, encoder.preprocess and "
+                    "embed_files need it exported again", path, info.get("format_version", 1))
+  elif info["preprocess"].get("lacks"):
+    logging.warning("%s: preprocessing incomplete (%s)", path, info["preprocess"]["lacks"])
   return Encoder(simclr_model.encoder_from_config(_model_config(info)), variables, info)
 
 
@@ -137,14 +180,19 @@ def load_encoder(workdir_or_export: str, checkpoint="best") -> Encoder:
 
 def export_encoder(workdir: str, out: str, checkpoint="best") -> str:
   """Writes the encoder of `workdir`'s `checkpoint` to the folder `out`; returns `out`."""
-  encoder = _from_workdir(workdir, checkpoint)
+  return write_encoder(_from_workdir(workdir, checkpoint), out)
+
+
+def write_encoder(encoder: Encoder, out: str) -> str:
+  """Writes `encoder` (its variables and info) to the folder `out`; returns `out`."""
   os.makedirs(out, exist_ok=True)
   if any("/" in k for path in traverse_util.flatten_dict(encoder.variables) for k in path):
     raise ValueError("a variable name holds '/', the export's key separator")
   flat = traverse_util.flatten_dict(jax.device_get(encoder.variables), sep="/")
   # Arrays as saved (float32 parameters), so the export computes the same features bitwise.
   np.savez(os.path.join(out, WEIGHTS_FILE), **{k: np.asarray(v) for k, v in flat.items()})
-  info = dict(encoder.info, feature_dim=encoder.feature_dim,
+  info = dict({k: v for k, v in encoder.info.items() if k != "export"},
+              feature_dim=encoder.feature_dim,
               parameters=int(sum(np.size(v) for v in
                                  jax.tree.leaves(encoder.variables["params"]))))
   with open(os.path.join(out, CONFIG_FILE), "w") as f:

@@ -15,6 +15,9 @@ EXTRAS = {
     "tensorflow_datasets": ("tfds", "tensorflow-datasets"),
     "astropy": ("fits", "astropy"),
     "torch": ("torch", "torch"),             # simclr_jax/torch_interop.py
+    "wandb": ("wandb", "wandb"),             # logs.wandb (simclr_jax/logs.py)
+    "pyarrow": ("parquet", "pyarrow"),       # embed --out *.parquet
+    "umap": ("umap", "umap-learn"),          # the embedding map (else t-SNE, scikit-learn)
 }
 
 

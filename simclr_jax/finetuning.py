@@ -16,7 +16,9 @@ Protocol (config.finetune, fields in simclr_jax/configs/default.py), per label f
   epochs     validation loss after every epoch, the best epoch's weights kept and scored,
              optional early stopping (`patience`).
 The step runs on the pretraining mesh (Mesh('data'), batch sharded, jax.shard_map for the
-cross-device BatchNorm). Writes workdir/finetune.json and workdir/finetune.md.
+cross-device BatchNorm). Writes workdir/finetune.json and workdir/finetune.md, and each model
+it scores (params and BatchNorm statistics, orbax) to workdir/finetune/<init>_<fraction>/, the
+teacher of `simclr-jax distill` (finetune.json: each row's `model`, the classifier's fields).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.sharding import PartitionSpec as P
 from sklearn.model_selection import train_test_split
@@ -169,6 +172,17 @@ class Trainer:
     # (every label fraction starts from them).
     return jax.device_put(jax.tree.map(jnp.array, state), parallel.replicated(self.mesh))
 
+  def abstract(self) -> dict:
+    """Shapes, dtypes and (replicated) shardings of the model's {'params', 'batch_stats'},
+    without computing them: what `load_model` restores into."""
+    c = self.config.data
+    x = jax.ShapeDtypeStruct((1, c.image_size, c.image_size, c.channels), jnp.float32)
+    shapes = jax.eval_shape(functools.partial(self.model.init, train=False, bn_train=False),
+                            jax.random.PRNGKey(0), x)
+    rep = parallel.replicated(self.mesh)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+                        {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
+
   def _make_train_step(self):
     model, multilabel, bn_train, view = self.model, self.multilabel, self.bn_train, self.view
     frozen, encoder_keys = self.frozen, self.encoder_keys
@@ -263,7 +277,27 @@ class Trainer:
                          "val_loss_curve": curve, "batch_size": batch}
 
 
-def _split(y, fraction, val_fraction, seed):
+def model_name(init: str, fraction: float) -> str:
+  """The folder of a fine-tuned model under workdir/finetune/: '<init>_<fraction>'."""
+  return f"{workdir_lib.FINETUNE_MODELS}/{init}_{float(fraction):g}"
+
+
+def save_model(path, state, mesh) -> None:
+  """`state`'s params and BatchNorm statistics in the folder `path` (orbax writes a tmp folder
+  and renames it when complete: a killed save leaves no model). Every process takes part."""
+  variables = jax.device_put({"params": state.params, "batch_stats": state.batch_stats},
+                             parallel.replicated(mesh))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(workdir_lib.path(path), variables, force=True)
+
+
+def load_model(path, template: dict) -> dict:
+  """{'params', 'batch_stats'} of a `save_model` folder, as `template` (Trainer.abstract)."""
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(workdir_lib.path(path), template)
+
+
+def label_split(y, fraction, val_fraction, seed):
   """(fit_idx, val_idx) of a stratified fraction, split 8:2 (stratified where each class has
   at least 2 examples; else plain random, logged)."""
   if np.ndim(y) == 2:
@@ -310,12 +344,13 @@ def finetune(workdir: str, config=None) -> dict:
     inits["init_from" if config.model.get("init_from") else "scratch"] = None
   results = []
   for fraction in ft.label_fractions:
-    fit_idx, val_idx = _split(y, fraction, ft.val_fraction, ft.seed)
+    fit_idx, val_idx = label_split(y, fraction, ft.val_fraction, ft.seed)
     fit_src, val_src = Subset(train_src, fit_idx), Subset(train_src, val_idx)
     for name, pre in inits.items():
       t0 = time.perf_counter()
       state = trainer.init(ft.seed, pre)
       best, _, info = trainer.fit(state, fit_src, val_src, y[val_idx], target_key, ft.seed)
+      save_model(os.path.join(workdir, model_name(name, fraction)), best, trainer.mesh)
       logits = trainer.predict(best, test_src)
       if multilabel:
         m = scores(targets, 1 / (1 + np.exp(-logits)))
@@ -324,16 +359,22 @@ def finetune(workdir: str, config=None) -> dict:
         m = scores(targets, logits.argmax(1))
         head = {"test_accuracy": m["accuracy"]}
       row = {"init": name, "label_fraction": float(fraction), **head,
-             "val_loss": min(info["val_loss_curve"]), **info, "n_fit": len(fit_idx),
-             "n_val": len(val_idx), "n_test": len(test_src), "metrics": m,
+             "val_loss": min(info["val_loss_curve"]), **info, "model": model_name(name, fraction),
+             "n_fit": len(fit_idx), "n_val": len(val_idx), "n_test": len(test_src), "metrics": m,
              "seconds": round(time.perf_counter() - t0, 1)}
       logging.info("fine-tune %s labels %.0f%%: best epoch %d of %d, %s", name, 100 * fraction,
                    info["best_epoch"], info["epochs_run"], head)
       results.append(row)
   out = {"workdir": os.path.abspath(workdir), "checkpoint_step": step, "checkpoint": kind,
          "train_split": config.data.train_split, "eval_split": config.data.eval_split,
+         "seed": int(ft.seed), "val_fraction": float(ft.val_fraction),
          "encoder_lr": float(ft.encoder_lr), "batch_norm": "train" if trainer.bn_train
-         else "frozen", "from_projection": int(ft.from_projection), "results": results}
+         else "frozen", "from_projection": int(ft.from_projection),
+         # What rebuilds the saved models (simclr_jax/distillation.py: the teacher).
+         "classifier": {"model": config.model.to_dict(), "num_outputs": int(k),
+                        "multilabel": multilabel, "head_hidden": int(ft.head_hidden),
+                        "head_dropout": float(ft.head_dropout)},
+         "results": results}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, workdir_lib.FINETUNE), "w") as f:
       json.dump(out, f, indent=2)

@@ -10,8 +10,33 @@ import signal
 import threading
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from absl import logging
+
+
+def apply_if_finite(state, loss, grads, batch_stats):
+  """(the state after the optimizer's update of `grads`, {'l2_grads', 'l2_updates',
+  'finite'}), in a jitted step.
+
+  A non-finite loss or gradient leaves params, optimizer state and BatchNorm statistics as
+  they were (the step count still advances: it counts the batches consumed, which the data
+  iterator and the random keys follow). `finite` tells the host, which reads it only when it
+  syncs anyway (logs, checkpoints). Not optax.apply_if_finite: it wraps the optimizer state
+  (the checkpoints of existing runs would no longer restore) and guards neither the BatchNorm
+  statistics nor the loss.
+  """
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  l2_grads = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(l2_grads)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state),
+                            batch_stats=keep(batch_stats, state.batch_stats))
+  return new_state, {"l2_grads": l2_grads, "l2_updates": optax.tree.norm(updates),
+                     "finite": finite}
 
 
 class StopSignals:

@@ -7,6 +7,8 @@ The four parts of the SolarNet report, then the downstream results the workdir h
                    per start), drawn to plots/loss_curve.png, its numbers in loss_curve.csv;
   4. metadata      machine, training time, model size, early stopping and the best checkpoint,
                    set sizes, class balance and pixel statistics of the config's data;
+  5. embedding    the encoder's h of the eval split in 2-D (UMAP, else t-SNE) coloured by
+                   label, and a grid of queries with their nearest neighbours (embeddings.py);
   then the linear probe (linear_eval.json), fine-tuning (finetune.md / finetune.json) and the
   online and kNN evaluation (event files, monitor.json), where present.
 Written at the end of pretraining by `simclr-jax pretrain` (`write_after_pretraining`) and by
@@ -27,7 +29,7 @@ import numpy as np
 import yaml
 from absl import logging
 
-from simclr_jax import logs
+from simclr_jax import embeddings, logs
 from simclr_jax import metrics as metrics_lib
 from simclr_jax import state as state_lib
 from simclr_jax import tables
@@ -269,6 +271,9 @@ def _results_lines(workdir: str, scalars: dict) -> list[str]:
     table = tables.fraction_table(_load(workdir, workdir_lib.FINETUNE))
   if table:
     lines += ["### Fine-tuning", "", table.strip(), ""]
+  table = _load(workdir, workdir_lib.DISTILL_TABLE)
+  if table:
+    lines += ["### Self-distillation (SimCLR v2)", "", table.strip(), ""]
   online = {t: v for t, v in scalars.items()
             if t.startswith("eval/") or t in ("online_accuracy", "online_loss")}
   if online:
@@ -314,8 +319,22 @@ def _curve_table(scalars: dict, rows: int = 12) -> list[str]:
   return lines
 
 
-def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000) -> str:
-  """Writes workdir/report.md (and plots/); returns its path. Only process 0 writes."""
+def _embedding_lines(workdir: str, config, max_points: int) -> list[str]:
+  if jax.process_count() > 1:
+    # The encoder's restore is collective across processes, and only process 0 writes this.
+    return [f"Not drawn in a multi-process run: `simclr-jax report --workdir {workdir}` in "
+            "one process draws them."]
+  try:
+    return embeddings.report_pictures(workdir, config, max_points)
+  except Exception as e:    # noqa: BLE001 -- no checkpoint or no data here; the report goes on
+    return [f"Not drawn here ({type(e).__name__}: {e})."]
+
+
+def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000,
+                 pictures: bool = True) -> str:
+  """Writes workdir/report.md (and plots/); returns its path. Only process 0 writes.
+  `pictures`: the embedding map and the neighbour grid of up to `max_examples` (at most
+  1000) eval images."""
   path = os.path.join(workdir, workdir_lib.REPORT)
   if jax.process_index() != 0:
     return path
@@ -342,6 +361,9 @@ def write_report(workdir: str, data_stats: bool = True, max_examples: int = 2000
       f"statistics, {arch['bytes'] / 2**20:.2f} MiB as float32 arrays (encoder and heads)"]
   lines += _checkpoint_lines(workdir) + ["", "### Data", ""]
   lines += data_lines(config, max_examples) if data_stats else ["(not measured)"]
+  if pictures:
+    lines += ["", "## 5. Embedding space", ""] + _embedding_lines(
+        workdir, config, min(max_examples, 1000) if max_examples else 1000)
   lines += ["", "## Results", ""] + _results_lines(workdir, scalars)
   with open(path + ".tmp", "w") as f:      # replaced whole: a reader never sees half of it
     f.write("\n".join(lines).rstrip() + "\n")

@@ -36,6 +36,8 @@ MAY_CHANGE = (
     "data.workers", "data.prefetch", "data.eval_split",
     "model.conv_impl",                  # the same parameters, another convolution kernel
     "eval.", "finetune.", "distributed.",
+    "logs.",                            # where the metrics are mirrored (W&B on or off)
+    "distill.",                         # read by `simclr-jax distill` only
 )
 
 

@@ -35,3 +35,24 @@ def fraction_table(finetune_report: dict, probe_report: dict | None = None) -> s
     lines.append(f"| {fraction:.0%} | " + " | ".join(cells[fraction].get(c, "")
                                                     for c in cols) + " |")
   return "\n".join(lines) + "\n"
+
+
+def _model(m: dict) -> str:
+  return f"{m['backbone']} x{m['width_multiplier']:g}, {m['parameters'] / 1e6:.2f}M parameters"
+
+
+def distill_table(distill_report: dict) -> str:
+  """The student's test accuracy (or TSS/HSS) beside its teacher's, per label fraction, with
+  the student's wall time (distill.json)."""
+  r = distill_report
+  lines = [f"Test split `{r['eval_split']}`. Teacher: the fine-tuned `{r['teacher']}` model "
+           f"({_model(r['teacher_model'])}); student: {_model(r['student_model'])}, "
+           f"temperature {r['temperature']:g}, label weight {r['label_weight']:g}.", "",
+           "| labels | teacher (fine-tuned) | student (distilled) | student's wall time |",
+           "| --- | --- | --- | --- |"]
+  for row in sorted(r["results"], key=lambda row: row["label_fraction"]):
+    teacher = {"test_accuracy": row["teacher_test_accuracy"], "metrics": row["teacher_metrics"]}
+    resumed = f" (resumed at step {row['resumed_from_step']})" if row["resumed_from_step"] else ""
+    lines.append(f"| {row['label_fraction']:.0%} | {_score(teacher)} | {_score(row)} | "
+                 f"{row['seconds']:.0f} s{resumed} |")
+  return "\n".join(lines) + "\n"

@@ -93,23 +93,10 @@ def make_train_step(setup: state_lib.Setup, augment_key):
 
     (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    l2_grads = optax.tree.norm(grads)
-    # A non-finite loss or gradient leaves params, optimizer state and BatchNorm statistics as
-    # they were (the step count still advances: it counts the batches consumed, which the data
-    # iterator and the dropout keys follow). `finite` tells the host, which reads it only when
-    # it syncs anyway (logs, checkpoints). Not optax.apply_if_finite: it wraps the optimizer
-    # state (the checkpoints of existing runs would no longer restore) and guards neither the
-    # BatchNorm statistics nor the loss.
-    finite = jnp.isfinite(loss) & jnp.isfinite(l2_grads)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state),
-                              batch_stats=keep(batch_stats, state.batch_stats))
-    metrics = dict(metrics, loss=loss, learning_rate=setup.schedule(state.step),
-                   l2_grads=l2_grads, l2_params=optax.tree.norm(new_state.params),
-                   l2_updates=optax.tree.norm(updates), finite=finite)
+    # A non-finite step changes nothing but the step count (guards.apply_if_finite).
+    new_state, norms = guards.apply_if_finite(state, loss, grads, batch_stats)
+    metrics = dict(metrics, **norms, loss=loss, learning_rate=setup.schedule(state.step),
+                   l2_params=optax.tree.norm(new_state.params))
     return new_state, metrics
 
   rep = parallel.replicated(mesh)
@@ -188,7 +175,8 @@ def pretrain(config, workdir: str) -> dict[str, float]:
                config.model.backbone, n_params, setup.mesh.devices.size,
                config.train.batch_size, setup.total_steps, setup.steps_per_epoch)
   train_step = make_train_step(setup, augment_key)
-  writer = logs.Writer(str(workdir) if is_chief else None)   # other processes: log lines only
+  # Other processes: log lines only. With logs.wandb, W&B too (the run opens here).
+  writer = logs.Writer(str(workdir) if is_chief else None, config)
   if start == 0 and is_chief:
     writer.write_images(0, {"augment/views": views_grid(config, source, augment_key)[None]})
     writer.write_hparams(logs.hparams(config))

@@ -178,6 +178,8 @@ RULES: dict[str, Rule] = {
     "finetune.from_projection": integer(0), "finetune.batch_norm": choice(names_of("batch_norm")),
     "finetune.patience": integer(0), "finetune.augment": BOOL, "finetune.baseline": BOOL,
     "finetune.eval_batch_size": integer(1),
+    "logs.wandb": BOOL, "logs.wandb_project": NAME, "logs.wandb_entity": TEXT,
+    "logs.wandb_name": TEXT, "logs.wandb_mode": choice(("offline", "online")),
     "distributed.coordinator_address": TEXT, "distributed.num_processes": integer(0),
     "distributed.process_id": integer(-1),
     "distributed.local_device_ids": Rule(lambda v: isinstance(v, str) or _is_int(v) or (
@@ -390,6 +392,9 @@ def check(config, purpose: str = "pretrain", data: bool = True):
     raise ValueError(f"purpose={purpose!r}; expected one of {PURPOSES}")
   check_fields(config)
   check_cross(config, purpose)
+  if purpose == "pretrain" and _get(config, "logs.wandb") is True:   # logs.Writer imports it
+    if not extras.installed("wandb"):
+      raise ConfigError(extras.message("wandb", "logs.wandb=True"))
   if purpose != "linear_eval":       # the probe reads a checkpoint, not the file it started from
     check_init_from(config)
   if not data:

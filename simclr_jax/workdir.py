@@ -8,7 +8,11 @@
   events.out.tfevents*     TensorBoard event files, one per start (logs.Writer)
   linear_eval.json         the linear probe (evaluate.py)
   finetune.json, .md       fine-tuning (finetuning.py)
-  report.md, plots/        the model report (report.py)
+  finetune/<init>_<frac>/  each fine-tuned model scored there (orbax: params, batch_stats)
+  distill.json, .md        self-distillation (distillation.py)
+  distill/<init>_<frac>_<student>/  a student's checkpoints (state, data position), result.json
+  report.md, plots/        the model report (report.py): loss curve, embedding map, neighbours
+  wandb/                   with logs.wandb: the W&B run's files and its id (logs.py)
 
 The bottom of the runtime layer: it imports no simclr_jax module. A workdir may be anything
 `etils.epath` opens (a local folder, `gs://bucket/run`).
@@ -31,10 +35,16 @@ EVENTS = "events.out.tfevents*"
 LINEAR_EVAL = "linear_eval.json"
 FINETUNE = "finetune.json"
 FINETUNE_TABLE = "finetune.md"
+FINETUNE_MODELS = "finetune"
+DISTILL = "distill.json"
+DISTILL_TABLE = "distill.md"
+DISTILL_DIR = "distill"
 REPORT = "report.md"
 PLOTS = "plots"
 CURVE_PLOT = os.path.join(PLOTS, "loss_curve.png")
 CURVE_CSV = os.path.join(PLOTS, "loss_curve.csv")
+EMBEDDING_MAP = os.path.join(PLOTS, "embedding_map.png")   # the report's pictures of h
+NEIGHBOURS = os.path.join(PLOTS, "neighbours.png")
 
 
 def path(workdir) -> epath.Path:

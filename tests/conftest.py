@@ -89,7 +89,8 @@ def _make_tiny_run(base) -> None:
   train.pretrain(config, workdir)
   report.write_after_pretraining(config, workdir)     # as `simclr-jax pretrain` does
   assert os.path.exists(os.path.join(workdir, "report.md"))
-  assert os.path.exists(os.path.join(workdir, "plots", "loss_curve.png"))
+  for plot in ("loss_curve.png", "embedding_map.png", "neighbours.png"):
+    assert os.path.exists(os.path.join(workdir, "plots", plot)), plot
 
 
 AFTER_CRASH = "after_crash"

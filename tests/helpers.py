@@ -91,6 +91,15 @@ def command(name: str):
   return importlib.import_module(f"simclr_jax.cli.{name}")
 
 
+def pretrain_cli(capsys, workdir, *overrides):
+  """`simclr-jax pretrain --config digits:tiny --workdir WORKDIR OVERRIDES` in this process:
+  (exit code, its `error: ` lines, all of stderr)."""
+  code = command("pretrain").run_cli(["simclr-jax pretrain", "--config", "digits:tiny",
+                                      "--workdir", str(workdir), *overrides])
+  err = capsys.readouterr().err
+  return code, [line for line in err.splitlines() if line.startswith("error: ")], err
+
+
 def hparams(workdir: str) -> dict:
   """{name: value} of the HParams tab's session start info in a workdir's event files."""
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

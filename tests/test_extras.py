@@ -4,22 +4,14 @@ compiles or is written. `sys.modules[name] = None` is how Python itself blocks a
 import numpy as np
 import pytest
 
-from helpers import command
+from helpers import pretrain_cli
 
-pretrain_command = command("pretrain")
-
-
-def _cli(capsys, workdir, *overrides):
-  code = pretrain_command.run_cli(["simclr-jax pretrain", "--config", "digits:tiny",
-                                   "--workdir", str(workdir), *overrides])
-  err = capsys.readouterr().err
-  return code, [line for line in err.splitlines() if line.startswith("error: ")], err
 
 
 def test_tfds_source_without_tensorflow_datasets(tmp_path, capsys, monkeypatch):
   monkeypatch.setitem(__import__("sys").modules, "tensorflow_datasets", None)
   workdir = tmp_path / "run"
-  code, errors, err = _cli(capsys, workdir, "--config.data.source=tfds",
+  code, errors, err = pretrain_cli(capsys, workdir, "--config.data.source=tfds",
                            "--config.data.tfds.name=mnist", "--config.data.num_classes=0")
   assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
   assert errors[0].endswith("data.source='tfds' needs tensorflow-datasets, which is not "
@@ -38,7 +30,7 @@ def test_fits_folder_without_astropy(tmp_path, capsys, monkeypatch):
     monkeypatch.delitem(__import__("sys").modules, name)
   monkeypatch.setitem(__import__("sys").modules, "astropy", None)
   workdir = tmp_path / "run"
-  code, errors, err = _cli(capsys, workdir, "--config.data.source=folder",
+  code, errors, err = pretrain_cli(capsys, workdir, "--config.data.source=folder",
                            f"--config.data.path={folder}", "--config.data.num_classes=0")
   assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
   assert "00.fits: reading FITS needs astropy, which is not installed: " \

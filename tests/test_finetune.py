@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import types
 
 import jax
 import numpy as np
@@ -141,6 +142,17 @@ def test_finetune_writes_json_and_table_with_the_protocol_splits(run):
     assert r["best_epoch"] == int(np.argmin(r["val_loss_curve"])) + 1
     cm = np.asarray(r["metrics"]["confusion_matrix"])
     assert cm.sum() == 360 and r["test_accuracy"] == pytest.approx(np.trace(cm) / 360)
+  # Each model scored is saved (the teacher of `simclr-jax distill`): read back, it scores
+  # exactly what finetune.json says.
+  assert {r["model"] for r in rows.values()} == {
+      f"finetune/{i}_{f:g}" for i in ("pretrained", "scratch") for f in (0.1, 0.2)}
+  assert saved["classifier"]["num_outputs"] == 10 and saved["classifier"]["head_hidden"] == 0
+  trainer = finetuning.Trainer(config, 10, multilabel=False)
+  r = rows["pretrained", 0.2]
+  model = finetuning.load_model(os.path.join(workdir, r["model"]), trainer.abstract())
+  test = sources.make_source(config.data, "test")
+  logits = trainer.predict(types.SimpleNamespace(**model), test)
+  assert np.mean(logits.argmax(1) == test.labels) == r["test_accuracy"]
   table = open(os.path.join(workdir, "finetune.md")).read()
   for fraction in (0.1, 0.2):
     acc = rows["pretrained", fraction]["test_accuracy"], rows["scratch", fraction]["test_accuracy"]

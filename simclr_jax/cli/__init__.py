@@ -16,7 +16,10 @@ COMMANDS = {
     "linear-eval": ("linear_eval", "the linear probe of a pretrained encoder"),
     "finetune": ("finetune", "fine-tune a pretrained encoder, beside the same model from "
                  "scratch"),
+    "distill": ("distill", "SimCLR v2 self-distillation: a student learns from the fine-tuned "
+                "teacher"),
     "export": ("export", "the pretrained encoder alone, for simclr_jax.load_encoder"),
+    "embed": ("embed", "embeddings of a folder or glob of files (npz, csv or parquet; --plot)"),
     "report": ("report", "the model report of a run (report.md, loss curve)"),
     "sweep": ("sweep", "a grid of pretraining runs scored downstream, one table"),
     "augment-grid": ("augment_grid", "a picture of a config's augmented views"),

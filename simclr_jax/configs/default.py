@@ -131,6 +131,19 @@ def get_config(arg=None):
   c.train.monitor_mode = "auto"     # max | min | auto (min for *_loss, else max)
   c.train.min_delta = 0.0
 
+  # --- logs (simclr_jax/logs.py): process 0 writes TensorBoard event files in the workdir -----
+  # With logs.wandb (pip install "simclr_jax[wandb]") it sends Weights & Biases the same scalars
+  # and images, the config, and after the run the report's plots: one W&B run per workdir, its
+  # id kept in WORKDIR/wandb/run_id so that a resumed run continues it, wandb's files in
+  # WORKDIR/wandb. Offline by default (nothing leaves the machine unless asked; a compute node
+  # often has no network): `wandb sync WORKDIR/wandb/offline-run-*` uploads it later.
+  c.logs = ml_collections.ConfigDict()
+  c.logs.wandb = False
+  c.logs.wandb_project = "simclr_jax"
+  c.logs.wandb_entity = ""          # '' = your default entity (wandb login)
+  c.logs.wandb_name = ""            # the run's display name; '' = the workdir's name
+  c.logs.wandb_mode = "offline"     # offline | online (streams as it trains; needs wandb login)
+
   # --- linear evaluation (simclr_jax/evaluate.py) -------------------------------------------
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 256
@@ -181,6 +194,31 @@ def get_config(arg=None):
   c.finetune.augment = True         # crop + flips of the pretraining recipe on training images
   c.finetune.baseline = True        # also train the same model from random init (supervised)
   c.finetune.eval_batch_size = 256
+
+  # --- self-distillation, SimCLR v2 (simclr_jax/distillation.py; simclr-jax distill --workdir DIR) --
+  # After `finetune`: its model (`teacher`) at each label fraction labels every image of the
+  # train split, softened by `temperature`; a student (random init) learns those labels on the
+  # same augmented views, plus `label_weight` x the cross-entropy of the fraction's labels.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.label_fractions = ()    # () = every fraction finetune.json has a model of
+  c.distill.teacher = "pretrained"  # which fine-tuned model: pretrained | scratch | init_from
+  c.distill.temperature = 1.0       # P = softmax(logits / temperature), teacher and student
+  c.distill.label_weight = 0.0      # 0 = the teacher's labels alone (v2's distillation)
+  c.distill.epochs = 30             # over the whole train split
+  c.distill.steps = 0               # > 0 overrides epochs
+  c.distill.batch_size = 128        # global
+  c.distill.optimizer = "adam"      # adam | adamw | sgd (momentum 0.9); cosine decay
+  c.distill.learning_rate = 1e-3
+  c.distill.weight_decay = 0.0
+  c.distill.augment = True          # fine-tuning's crop + flips, one view for both networks
+  c.distill.seed = 0                # student init, data order, augmentation
+  c.distill.log_every = 50
+  c.distill.checkpoint_every = 200  # steps; a kill loses at most this many
+  c.distill.keep_checkpoints = 2
+  c.distill.eval_batch_size = 256
+  c.distill.student = ml_collections.ConfigDict()
+  c.distill.student.backbone = ""   # '' = model.backbone (self-distillation); or a smaller one
+  c.distill.student.width_multiplier = 0.0   # 0 = model.width_multiplier
 
   # --- multi-host start (simclr_jax/distributed.py: initialize_distributed) -------------------
   # Unset here: JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, else the cluster

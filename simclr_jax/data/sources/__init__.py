@@ -45,8 +45,13 @@ def make_source(data_cfg, split: str):
   if thresholds and num_classes and len(thresholds) != num_classes:
     raise ValueError(f"data.label_thresholds defines {len(thresholds)} classes but "
                      f"data.num_classes={num_classes}")
-  group = data_cfg.get(name)
-  options = dict(group.to_dict() if hasattr(group, "to_dict") else group or {})
-  options = legacy.apply(data_cfg, name, options)
   return get(name, split, path=data_cfg.get("path", ""), image_size=data_cfg.image_size,
-             channels=data_cfg.channels, label_thresholds=thresholds, **options)
+             channels=data_cfg.channels, label_thresholds=thresholds, **options_of(data_cfg))
+
+
+def options_of(data_cfg) -> dict:
+  """The options `data_cfg` sets in its source's group `data.<source>` (old flat fields
+  mapped)."""
+  group = data_cfg.get(data_cfg.source)
+  options = dict(group.to_dict() if hasattr(group, "to_dict") else group or {})
+  return legacy.apply(data_cfg, data_cfg.source, options)

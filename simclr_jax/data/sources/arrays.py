@@ -58,7 +58,10 @@ class ArraySource:
     return f"ArraySource({self.name}, n={len(self)}, shape={self.images.shape[1:]})"
 
 
-@register("digits", {"split_seed": Option(0, "seed of the stratified train/test split")})
+# A digits model's files are 8-bit images (0..255 -> [0, 1]); scikit-learn's arrays (0..16)
+# are divided by 16 by the source itself.
+@register("digits", {"split_seed": Option(0, "seed of the stratified train/test split")},
+          preprocess=lambda o, path: {"normalize": "auto"})
 def digits(split: str, *, path: str, image_size: int, channels: int,
            split_seed: int) -> ArraySource:
   """scikit-learn's bundled 8x8 digits (1797, no download), resized, 1 channel in [0, 1].
@@ -89,7 +92,8 @@ def digits(split: str, *, path: str, image_size: int, channels: int,
     "normalize": Option("auto", "auto (uint8 /255, uint16 /65535, floats as stored) | gauss "
                         "(magnetograms in gauss: clip ±clip_gauss, / clip_gauss) | none"),
     "clip_gauss": Option(250.0, "normalize='gauss': clip to ±this many gauss, then / it"),
-    "label_key": Option("labels", "the array of int labels (absent: unlabelled)")})
+    "label_key": Option("labels", "the array of int labels (absent: unlabelled)")},
+    preprocess=lambda o, path: {"normalize": o["normalize"], "clip_gauss": o["clip_gauss"]})
 def npz(split: str, *, path: str, image_size: int, channels: int, normalize: str,
         clip_gauss: float, label_key: str) -> ArraySource:
   """Arrays in an .npz: `images` (N, H, W[, C]) and optional int labels; resized."""

@@ -16,8 +16,39 @@ FITS_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz")
 IMAGE_EXTENSIONS = PIL_EXTENSIONS + (".npy",) + FITS_EXTENSIONS
 
 
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
   return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def list_images(root: str) -> tuple[list[str], list[int], list[str] | None]:
+  """(files relative to `root`, labels, class names) of a folder: class subfolders (label =
+  index of the sorted folder name, searched recursively) or flat (labels -1, names None)."""
+  entries = sorted(os.listdir(root))
+  flat = [e for e in entries if is_image(e) and os.path.isfile(os.path.join(root, e))]
+  subdirs = [e for e in entries if os.path.isdir(os.path.join(root, e))
+             and not e.startswith(".")]
+  files, labels, names = [], [], None
+  if subdirs:
+    names = []
+    for d in subdirs:
+      imgs = []
+      for dirpath, dirnames, filenames in os.walk(os.path.join(root, d)):
+        dirnames.sort()
+        imgs += [os.path.relpath(os.path.join(dirpath, f), root)
+                 for f in sorted(filenames) if is_image(f)]
+      if imgs:
+        labels += [len(names)] * len(imgs)
+        names.append(d)
+        files += imgs
+    if flat and files:
+      raise ValueError(f"{root}: both images ({flat[0]}, ...) and class subfolders "
+                       f"({names[0]}/, ...); expected one layout")
+  if not files:
+    files, labels, names = flat, [-1] * len(flat), None
+  if not files:
+    raise ValueError(f"{root}: empty folder, no images; expected files ending in "
+                     f"{', '.join(IMAGE_EXTENSIONS)} in it or in class subfolders")
+  return files, labels, names
 
 
 def read_image_file(path: str) -> tuple[np.ndarray, bool]:
@@ -68,31 +99,7 @@ class FolderSource:
     if not os.path.isdir(root):
       raise pixels.no_data(root, "a folder of images or of class subfolders", split)
     pixels.check_normalize(normalize, "folder")
-    entries = sorted(os.listdir(root))
-    flat = [e for e in entries if _is_image(e) and os.path.isfile(os.path.join(root, e))]
-    subdirs = [e for e in entries if os.path.isdir(os.path.join(root, e))
-               and not e.startswith(".")]
-    files, labels, names = [], [], None
-    if subdirs:
-      names = []
-      for d in subdirs:
-        imgs = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(root, d)):
-          dirnames.sort()
-          imgs += [os.path.relpath(os.path.join(dirpath, f), root)
-                   for f in sorted(filenames) if _is_image(f)]
-        if imgs:
-          labels += [len(names)] * len(imgs)
-          names.append(d)
-          files += imgs
-      if flat and files:
-        raise ValueError(f"{root}: both images ({flat[0]}, ...) and class subfolders "
-                         f"({names[0]}/, ...); expected one layout")
-    if not files:
-      files, labels, names = flat, [-1] * len(flat), None
-    if not files:
-      raise ValueError(f"{root}: empty folder, no images; expected files ending in "
-                       f"{', '.join(IMAGE_EXTENSIONS)} in it or in class subfolders")
+    files, labels, names = list_images(root)
     self.root, self.files = root, files
     self.labels = np.asarray(labels, np.int32)
     self.class_names = names
@@ -121,7 +128,9 @@ class FolderSource:
     "normalize": Option("auto", "auto (uint8 /255, uint16 /65535, floats as stored, NaN -> 0) "
                         "| gauss (magnetograms: clip ±clip_gauss, / clip_gauss) | none"),
     "clip_gauss": Option(250.0, "normalize='gauss': clip to ±this many gauss, then / it"),
-    "flip_vertical": Option(True, "flip FITS images (row 0 = south) north-up")})
+    "flip_vertical": Option(True, "flip FITS images (row 0 = south) north-up")},
+    preprocess=lambda o, path: {"normalize": o["normalize"], "clip_gauss": o["clip_gauss"],
+                                "flip_vertical": ["fits"] if o["flip_vertical"] else []})
 def folder(split: str, *, path: str, image_size: int, channels: int, normalize: str,
            clip_gauss: float, flip_vertical: bool) -> FolderSource:
   """png/jpg/tif/bmp, .npy or FITS files, in class subfolders or flat; each resized."""

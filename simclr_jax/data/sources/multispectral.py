@@ -10,8 +10,17 @@ from simclr_jax.data.sources.arrays import ArraySource
 from simclr_jax.data.sources.registry import Option, register
 
 
+def _band_statistics(options: dict, path: str) -> dict:
+  """The z-score of the training file's bands, recorded with the model."""
+  with pixels.load_npz(path, "train", "an .npz with 'band_mean' and 'band_std'") as f:
+    pixels.require(f, ("band_mean", "band_std"), path)
+    return {"normalize": "none", "band_mean": f["band_mean"].astype(float).tolist(),
+            "band_std": f["band_std"].astype(float).tolist()}
+
+
 @register("bigearthnet", {"labels": Option(
-    "labels_19", "the multi-hot label array: labels_19 (19 classes) or labels_43")})
+    "labels_19", "the multi-hot label array: labels_19 (19 classes) or labels_43")},
+    preprocess=_band_statistics)
 def bigearthnet(split: str, *, path: str, image_size: int, channels: int,
                 labels: str) -> ArraySource:
   """BigEarthNet-S2 patches in one npz, 12 bands z-scored, multi-hot labels.

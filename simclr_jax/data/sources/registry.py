@@ -29,20 +29,25 @@ class Source:
   options: Mapping[str, Option]
   thresholds: bool                 # reads classes from a flux column (data.label_thresholds)
   doc: str
+  # (options, train split's path) -> the preprocessing fields of simclr_jax/data/preprocess.py
+  preprocess: Callable[[dict, str], dict] | None = None
 
 
 SOURCES: dict[str, Source] = {}
 COMMON = ("path", "image_size", "channels")
 
 
-def register(name: str, options: Mapping[str, Option] | None = None, thresholds: bool = False):
-  """Decorator: `fn` becomes the source `name`; its first docstring line is its summary."""
+def register(name: str, options: Mapping[str, Option] | None = None, thresholds: bool = False,
+             preprocess: Callable[[dict, str], dict] | None = None):
+  """Decorator: `fn` becomes the source `name`; its first docstring line is its summary.
+  `preprocess(options, path)`: how it prepares one stored image (simclr_jax/data/preprocess.py),
+  recorded with the model so that new files are prepared the same way."""
 
   def wrap(fn):
     if name in SOURCES:
       raise ValueError(f"data source {name!r} registered twice")
     doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-    SOURCES[name] = Source(name, fn, dict(options or {}), thresholds, doc)
+    SOURCES[name] = Source(name, fn, dict(options or {}), thresholds, doc, preprocess)
     return fn
 
   return wrap

@@ -25,9 +25,15 @@ _CLIP = Option(250.0, "clip to ±this many gauss, then divide by it")
 _FLIP = Option(True, "flip the FITS-derived arrays (row 0 = south) north-up")
 
 
+def _gauss(flipped: tuple[str, ...]):
+  """The preprocessing of the gauss-valued sources: clip, scale, `flipped` kinds north-up."""
+  return lambda o, path: {"normalize": "gauss", "clip_gauss": o["clip_gauss"],
+                          "flip_vertical": list(flipped) if o["flip_vertical"] else []}
+
+
 @register("hmi", {
     "product": Option("", "keep only 'Br' or 'magnetogram' images ('' = both)"),
-    "clip_gauss": _CLIP, "flip_vertical": _FLIP})
+    "clip_gauss": _CLIP, "flip_vertical": _FLIP}, preprocess=_gauss(("fits",)))
 def hmi(split: str, *, path: str, image_size: int, channels: int, product: str,
         clip_gauss: float, flip_vertical: bool) -> ArraySource:
   """HMI SHARP patches: an npz of `images` float16 (N, H, W) in gauss (+ `channel`, `harpnum`).
@@ -183,7 +189,8 @@ class SdomlSource:
     "columns": Option((), "CSV path columns stacked as channels (() = every path_* column)"),
     "clip_gauss": _CLIP, "flip_vertical": _FLIP,
     "skip_missing": Option(False, "drop rows whose files are missing (logged) instead of "
-                           "stopping with an error")}, thresholds=True)
+                           "stopping with an error")}, thresholds=True,
+    preprocess=_gauss(("fits", "npz")))
 def sdoml(split: str, *, path: str, image_size: int, channels: int, columns: Sequence[str],
           clip_gauss: float, flip_vertical: bool, skip_missing: bool,
           label_thresholds: Sequence[str]) -> SdomlSource:
@@ -363,7 +370,8 @@ class SdoBenchmarkSource:
     "val_fraction": Option(0.1, "split 'val': this share of training/, whole active regions"),
     "split_seed": Option(0, "seed of that active-region split"),
     "skip_missing": Option(False, "drop samples whose images are missing (logged) instead of "
-                           "stopping with an error")}, thresholds=True)
+                           "stopping with an error")}, thresholds=True,
+    preprocess=lambda o, path: {"normalize": "affine", "scale": 1 / 127.5, "offset": -1.0})
 def sdobenchmark(split: str, *, path: str, image_size: int, channels: int,
                  channel_names: Sequence[str], time_steps: Sequence[int], val_fraction: float,
                  split_seed: int, skip_missing: bool,

@@ -85,7 +85,8 @@ class TfdsSource:
     "name": Option("", "the TFDS dataset, e.g. 'cifar10' (data.path is its data_dir, '' = "
                    "the default)"),
     "image_key": Option("image", "the image feature"),
-    "label_key": Option("label", "the int label feature (absent: -1)")})
+    "label_key": Option("label", "the int label feature (absent: -1)")},
+    preprocess=lambda o, path: {"normalize": "auto"})
 def tfds(split: str, *, path: str, image_size: int, channels: int, name: str, image_key: str,
          label_key: str) -> TfdsSource:
   """A prepared TFDS dataset (array_record), never downloading; uint8 /255, resized."""
