@@ -10,8 +10,11 @@ NT-Xent at temperature 0.5) for as many steps as fit the budget, compilation inc
 logistic probe trained on the features of those 10,000 images and scored on 10,000 test
 images, for the pretrained encoder, the same architecture at random init, and the raw pixels.
 Defaults: width 0.25 and batch 128, what fits 20 minutes on a 2-core CPU (`--width 1
---batch 256` is the full ResNet-18 of the PyTorch peer; benchmarks/README.md has both). The budget decides the step count, so the learning rate is constant (a schedule needs
-the number of steps in advance).
+--batch 256` is the full ResNet-18 of the PyTorch peer; benchmarks/README.md has both). The
+budget decides the step count, so the learning rate follows the wall time, not the step:
+`--schedule constant` (default) or `cosine` (to 0 at the end of the budget), after
+`--warmup` (a fraction of the budget). `--temperature`, `--crop-min`, `--color-strength`
+and `--hidden` (the projection head's width) change the recipe.
 
 The probe is `simclr_jax.evaluate.fit_probe`, the probe of `simclr-jax linear-eval`: features
 standardised, C picked from eval.c_grid by validation log-loss on a stratified 20 % of the
@@ -21,7 +24,11 @@ on 3,072 raw pixels); `--probe logistic` uses scikit-learn itself.
 
 Runs on every device the machine has (one emulated CPU device per core), like
 `simclr-jax pretrain`. Writes benchmarks/results/quality.json (or --out) and prints a markdown
-row. No checkpoint is written: this measures quality per wall-clock minute, not resumption.
+row. `--features h,head1,h+head1` adds probes of head layer 1 (the projection head's first
+layer with its BatchNorm and ReLU, where SimCLR v2 fine-tunes from) and of both; the first
+is the headline. No checkpoint is written unless `--workdir W`: then W holds config.json, the
+final state and the data subsets, and `simclr-jax linear-eval / finetune / distill --workdir
+W` run on them (benchmarks/v2_table.py).
 """
 
 from __future__ import annotations
@@ -59,14 +66,21 @@ def subset_npz(src: str, dst: str, n: int, seed: int = 0) -> int:
 def make_config(data_path: str, args):
   from simclr_jax.configs import cifar10
   c = cifar10.get_config()
+  c.seed = args.seed
   c.data.path = data_path
   c.data.workers = args.workers
   c.model.width_multiplier = args.width
+  c.model.hidden_mlp = args.hidden
+  c.loss.temperature = args.temperature
+  c.augment.crop_scale = (args.crop_min, 1.0)
+  c.augment.color_strength = args.color_strength
   c.optim.name = "adam"
   c.optim.learning_rate = args.lr
   c.optim.weight_decay = 0.0
   c.optim.warmup_epochs = 0.0
-  c.optim.schedule = "constant"
+  # What `simclr-jax finetune` reads from the workdir (--workdir); the loop below sets the
+  # learning rate itself, by wall time.
+  c.optim.schedule = args.schedule
   c.train.batch_size = args.batch
   c.train.steps = 10**9         # the wall-clock budget ends the loop
   c.model.online_head = False
@@ -74,17 +88,42 @@ def make_config(data_path: str, args):
   return c
 
 
-def pretrain_for(config, minutes: float, log_every: int):
+def learning_rate_at(peak: float, schedule: str, warmup: float, elapsed: float) -> float:
+  """The learning rate at `elapsed` (fraction of the budget spent): linear warm-up over the
+  first `warmup` of it, then constant or cosine decay to 0 at the end of the budget.
+
+  By wall time, not by step: the budget decides the step count, which is only known at the
+  end, and optax's schedules need it in advance.
+  """
+  import math
+  if elapsed < warmup:
+    return peak * elapsed / warmup
+  if schedule == "constant":
+    return peak
+  t = min(1.0, (elapsed - warmup) / max(1e-9, 1.0 - warmup))
+  return peak * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def pretrain_for(config, minutes: float, log_every: int, warmup: float = 0.0):
   """Trains until `minutes` of wall time (compile included) are spent; (state, setup, info)."""
+  import dataclasses
   import jax
   import numpy as np
-  from simclr_jax import train
+  import optax
+  from simclr_jax import parallel, train
   from simclr_jax import state as state_lib
   from simclr_jax.data import pipeline, sources
 
   t_start = time.perf_counter()
   source = sources.make_source(config.data, config.data.train_split)
   setup = state_lib.build(config, len(source))
+  # Adam with its learning rate in the optimizer state, set before each step by wall time.
+  opt = config.optim
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=float(opt.learning_rate),
+                                            b1=float(opt.b1), b2=float(opt.b2),
+                                            eps=float(opt.eps))
+  setup = dataclasses.replace(setup, tx=tx)
+  rep = parallel.replicated(setup.mesh)
   init_rng, augment_key = state_lib.run_keys(config.seed)
   state = state_lib.init_state(setup, init_rng)
   step_fn = train.make_train_step(setup, augment_key)
@@ -98,6 +137,11 @@ def pretrain_for(config, minutes: float, log_every: int):
   step_s = 0.0
   while time.perf_counter() + step_s < deadline:
     t0 = time.perf_counter()
+    lr = learning_rate_at(float(opt.learning_rate), opt.schedule, warmup,
+                          (t0 - t_start) / (60.0 * minutes))
+    hp = dict(state.opt_state.hyperparams,
+              learning_rate=jax.device_put(np.float32(lr), rep))
+    state = state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
     batch = train.device_batch(setup.mesh, next(data_iter))
     state, metrics = step_fn(state, batch)
     loss = float(jax.device_get(metrics["loss"]))   # one sync per step: the budget is wall time
@@ -125,7 +169,30 @@ def pretrain_for(config, minutes: float, log_every: int):
   return state, setup, info
 
 
-def probe_all(config, setup, state, probe: str) -> dict:
+class _WithHeadLayer:
+  """`model.apply`-alike whose 'h' is [h, head layer 1]: the encoder output and, after it, the
+  first projection layer with its BatchNorm and ReLU (what SimCLR v2 fine-tunes from), so
+  one pass over the images gives both feature sets."""
+
+  def __init__(self, model, hidden: int):
+    from simclr_jax import finetuning
+    self.model, self.layer1 = model, finetuning.ProjectionPrefix(hidden, 1)
+
+  def apply(self, variables, images, train=False):
+    import jax.numpy as jnp
+    h = self.model.apply(variables, images, train=False)["h"]
+    p, bs = variables["params"]["projection"], variables["batch_stats"]["projection"]
+    g1 = self.layer1.apply({"params": {k: p[k] for k in ("dense1", "bn1")},
+                            "batch_stats": {"bn1": bs["bn1"]}}, h, False)
+    return {"h": jnp.concatenate([h, g1], axis=-1)}
+
+
+# --features: what the probe reads. 'h' is the encoder output (the protocol's, and
+# `simclr-jax linear-eval`'s); 'head1' is head layer 1; 'h+head1' both, concatenated.
+FEATURES = ("h", "head1", "h+head1")
+
+
+def probe_all(config, setup, state, probe: str, features=("h",), baselines=True) -> dict:
   import numpy as np
   from simclr_jax import evaluate
   from simclr_jax import state as state_lib
@@ -136,31 +203,54 @@ def probe_all(config, setup, state, probe: str) -> dict:
   y_tr, y_te = np.asarray(train_src.labels), np.asarray(test_src.labels)
   ev = config.eval
   solver = "sklearn" if probe == "logistic" else "jax"
-  feats = {
+  variables = {
       "pretrained": lambda: {"params": state.params, "batch_stats": state.batch_stats},
       "random_init": lambda: state_lib.init_variables(setup.model, config.data, setup.mesh,
                                                       state_lib.run_keys(config.seed)[0]),
   }
+  model = _WithHeadLayer(setup.model, config.model.hidden_mlp)
   out = {}
-  for name in ("pretrained", "random_init", "raw_pixels"):
+  names = ["pretrained"] + (["random_init", "raw_pixels"] if baselines else [])
+  for name in names:
     t0 = time.perf_counter()
     if name == "raw_pixels":
-      x_tr = evaluate.raw_pixels(train_src, ev.batch_size)
-      x_te = evaluate.raw_pixels(test_src, ev.batch_size)
+      sets = {"raw": (evaluate.raw_pixels(train_src, ev.batch_size),
+                      evaluate.raw_pixels(test_src, ev.batch_size))}
     else:
-      v = feats[name]()
-      x_tr = evaluate.extract_features(setup.model, setup.mesh, v, train_src, ev.batch_size)[0]
-      x_te = evaluate.extract_features(setup.model, setup.mesh, v, test_src, ev.batch_size)[0]
+      v = variables[name]()
+      x_tr = evaluate.extract_features(model, setup.mesh, v, train_src, ev.batch_size)[0]
+      x_te = evaluate.extract_features(model, setup.mesh, v, test_src, ev.batch_size)[0]
+      dim_h = x_tr.shape[1] - config.model.hidden_mlp
+      cols = {"h": slice(0, dim_h), "head1": slice(dim_h, None), "h+head1": slice(0, None)}
+      sets = {f: (x_tr[:, cols[f]], x_te[:, cols[f]]) for f in features}
     t1 = time.perf_counter()
-    r = evaluate.fit_probe(x_tr, y_tr, x_te, y_te, tuple(ev.c_grid), ev.val_fraction,
-                           config.seed, ev.select_by, solver)
-    r.update(features_seconds=round(t1 - t0, 1), probe_seconds=round(time.perf_counter() - t1, 1),
-             dim=int(x_tr.shape[1]))
-    print(f"{name:<12s} dim {x_tr.shape[1]:5d}  C={r['C']:g}  test accuracy "
-          f"{r['test_accuracy']:.4f}  (features {r['features_seconds']} s, probe "
-          f"{r['probe_seconds']} s)", flush=True)
-    out[name] = r
+    for i, (f, (a_tr, a_te)) in enumerate(sets.items()):
+      t2 = time.perf_counter()
+      r = evaluate.fit_probe(a_tr, y_tr, a_te, y_te, tuple(ev.c_grid), ev.val_fraction,
+                             config.seed, ev.select_by, solver)
+      r.update(features_seconds=round(t1 - t0, 1),
+               probe_seconds=round(time.perf_counter() - t2, 1), dim=int(a_tr.shape[1]))
+      key = name if (i == 0 or name == "raw_pixels") else f"{name}_{f}"
+      r["features"] = "raw" if name == "raw_pixels" else f
+      print(f"{key:<22s} dim {a_tr.shape[1]:5d}  C={r['C']:g}  test accuracy "
+            f"{r['test_accuracy']:.4f}  (features {r['features_seconds']} s, probe "
+            f"{r['probe_seconds']} s)", flush=True)
+      out[key] = r
   return out
+
+
+def save_workdir(config, state, workdir: str) -> None:
+  """config.json and the final state as a checkpoint: `simclr-jax linear-eval / finetune /
+  distill --workdir` then run on this encoder."""
+  from simclr_jax import checkpoint
+  from simclr_jax import workdir as workdir_lib
+  config = config.copy_and_resolve_references()
+  config.train.steps = int(state.step)
+  workdir_lib.write_config(config, workdir)
+  manager = checkpoint.make_manager(workdir, 1, 1)
+  checkpoint.save(manager, int(state.step), state, force=True)
+  manager.wait_until_finished()
+  manager.close()
 
 
 def main(argv=None):
@@ -172,11 +262,29 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--lr", type=float, default=1e-3)
   p.add_argument("--width", type=float, default=0.25, help="ResNet-18 width multiplier")
+  p.add_argument("--schedule", default="constant", choices=("constant", "cosine"),
+                 help="learning rate over the budget's wall time: constant, or cosine to 0")
+  p.add_argument("--warmup", type=float, default=0.0, help="fraction of the budget warming up")
+  p.add_argument("--temperature", type=float, default=0.5)
+  p.add_argument("--crop-min", type=float, default=0.08, help="random crop's smallest area")
+  p.add_argument("--color-strength", type=float, default=0.5, help="colour jitter strength")
+  p.add_argument("--hidden", type=int, default=512, help="projection head's hidden width")
+  p.add_argument("--seed", type=int, default=42)
+  p.add_argument("--features", default="h", help=f"comma-separated, of {', '.join(FEATURES)}; "
+                 "the first is the headline")
+  p.add_argument("--no-baselines", action="store_true", help="skip random init and raw pixels")
+  p.add_argument("--workdir", help="also save config.json and the final state here, for "
+                 "simclr-jax linear-eval / finetune / distill --workdir")
   p.add_argument("--workers", type=int, default=0, help="grain worker processes")
   p.add_argument("--probe", default="logistic_jax", choices=("logistic", "logistic_jax"))
   p.add_argument("--log-every", type=int, default=10)
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "quality.json"))
   args = p.parse_args(argv)
+  features = tuple(f.strip() for f in args.features.split(",") if f.strip())
+  bad = [f for f in features if f not in FEATURES]
+  if bad or not features:
+    p.error(f"--features {args.features!r}: expected a comma-separated list of "
+            f"{', '.join(FEATURES)}")
 
   from simclr_jax import logs, startup
   logs.quiet_libraries()
@@ -184,17 +292,22 @@ def main(argv=None):
   import jax
 
   with tempfile.TemporaryDirectory() as tmp:
+    # With --workdir the subsets stay beside the checkpoint, where its config.json points.
+    data_dir = os.path.abspath(os.path.join(args.workdir, "data")) if args.workdir else tmp
+    os.makedirs(data_dir, exist_ok=True)
     n_train = subset_npz(os.path.join(args.cifar, "cifar10_train.npz"),
-                         os.path.join(tmp, "cifar10_train.npz"), args.train_examples)
+                         os.path.join(data_dir, "cifar10_train.npz"), args.train_examples)
     n_test = subset_npz(os.path.join(args.cifar, "cifar10_test.npz"),
-                        os.path.join(tmp, "cifar10_test.npz"), args.test_examples)
-    config = make_config(os.path.join(tmp, "cifar10_{split}.npz"), args)
+                        os.path.join(data_dir, "cifar10_test.npz"), args.test_examples)
+    config = make_config(os.path.join(data_dir, "cifar10_{split}.npz"), args)
     print(f"pretraining ResNet-18 x{args.width:g} on {n_train} images, batch {args.batch}, "
           f"Adam {args.lr:g}, {jax.device_count()} devices, {args.minutes:g} min", flush=True)
-    state, setup, info = pretrain_for(config, args.minutes, args.log_every)
+    state, setup, info = pretrain_for(config, args.minutes, args.log_every, args.warmup)
+    if args.workdir:
+      save_workdir(config, state, args.workdir)
     print(f"{info['steps']} steps in {info['seconds']} s ({info['images_per_sec']} img/s after "
           f"{info['compile_and_first_step_seconds']} s of compile and first step)", flush=True)
-    probes = probe_all(config, setup, state, args.probe)
+    probes = probe_all(config, setup, state, args.probe, features, not args.no_baselines)
 
   result = {
       "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -204,8 +317,13 @@ def main(argv=None):
                "device_kind": jax.devices()[0].device_kind,
                "load_average_at_end": os.getloadavg()},
       "recipe": {"backbone": "resnet18", "cifar_stem": True, "width_multiplier": args.width,
-                 "batch_size": args.batch, "optimizer": f"adam {args.lr:g} constant",
-                 "temperature": float(config.loss.temperature), "augment": "simclr_cifar",
+                 "batch_size": args.batch,
+                 "optimizer": f"adam {args.lr:g} {args.schedule} by wall time, warm-up "
+                              f"{args.warmup:g} of it",
+                 "hidden_mlp": args.hidden, "seed": args.seed,
+                 "temperature": float(config.loss.temperature),
+                 "augment": {"preset": "simclr_cifar", "crop_scale": [args.crop_min, 1.0],
+                             "color_strength": args.color_strength},
                  "train_examples": n_train, "test_examples": n_test, "minutes": args.minutes,
                  "probe": args.probe},
       "pretraining": info,
@@ -215,9 +333,11 @@ def main(argv=None):
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
   acc = {k: v["test_accuracy"] for k, v in probes.items()}
-  print("\n| steps | img/s | pretrained | random init | raw pixels |\n| --- | --- | --- | --- | --- |")
+  cols = [k for k in acc if k != "pretrained"]
+  print("\n| steps | img/s | pretrained (" + features[0] + ") | " + " | ".join(cols) + " |")
+  print("| --- " * (3 + len(cols)) + "|")
   print(f"| {info['steps']} | {info['images_per_sec']} | {acc['pretrained']:.4f} | "
-        f"{acc['random_init']:.4f} | {acc['raw_pixels']:.4f} |")
+        + " | ".join(f"{acc[k]:.4f}" for k in cols) + " |")
   print(f"wrote {args.out}")
 
 
