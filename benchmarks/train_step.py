@@ -107,14 +107,17 @@ def _cost(compiled) -> float | None:
 
 
 def measure_step(recipe: str, batch: int, dtype: str, conv_impl: str | None, steps: int,
-                 warmup: int, num_devices: int) -> dict:
+                 warmup: int, num_devices: int, config=None) -> dict:
+  """One row: `config` (default: `recipe_config` of the arguments; benchmarks/accelerator.py
+  passes the real recipes) timed at global batch `batch` on `num_devices` (0 = all)."""
   import jax
   import numpy as np
 
+  from simclr_jax import memory as memory_lib
   from simclr_jax import startup, train
   from simclr_jax import state as state_lib
 
-  config = recipe_config(recipe, batch, dtype, conv_impl)
+  config = config or recipe_config(recipe, batch, dtype, conv_impl)
   config.train.num_devices = num_devices
   c = config.data
   setup = state_lib.build(config, num_train_examples=100 * batch)
@@ -150,12 +153,7 @@ def measure_step(recipe: str, batch: int, dtype: str, conv_impl: str | None, ste
     flops_device = _cost(train.make_train_step(xla_setup, augment_key).lower(
         state, device_batch).compile())
     config.model.conv_impl = conv_impl
-  mem = compiled.memory_analysis()
-  memory = None
-  if mem is not None:
-    memory = {k: int(getattr(mem, f"{k}_size_in_bytes", 0) or 0)
-              for k in ("argument", "output", "temp", "alias", "generated_code")}
-    memory["peak"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
+  memory = memory_lib.analysis(compiled)      # per device, peak included
 
   for _ in range(warmup):
     state, metrics = compiled(state, device_batch)

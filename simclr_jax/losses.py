@@ -38,6 +38,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 # Large finite negative for the masked self-similarity: exp() underflows to exactly 0, but,
 # unlike -inf, (masked - logsumexp) stays finite, so no inf - inf = NaN reaches the gradient
@@ -136,3 +137,16 @@ def nt_xent(
   count = 2 * n_global
   loss, accuracy, ent = (s / count for s in sums)
   return loss, dict(contrastive_accuracy=accuracy, contrastive_entropy=ent)
+
+
+def online_classifier(logits, labels, axis_name, count=None):
+  """The online classifier's (loss, accuracy): mean cross-entropy and accuracy over the
+  labelled rows (label >= 0) of every device on `axis_name`, divided by `count` (default: the
+  labelled rows of all devices; the chunked step passes the whole batch's count per chunk)."""
+  valid = labels >= 0
+  if count is None:
+    count = jnp.maximum(jax.lax.psum(valid.sum(), axis_name), 1)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+  correct = (jnp.argmax(logits, -1) == labels) & valid
+  return (jax.lax.psum(jnp.where(valid, ce, 0.0).sum(), axis_name) / count,
+          jax.lax.psum(correct.sum(), axis_name) / count)

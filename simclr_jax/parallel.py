@@ -48,6 +48,20 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
                      f"devices ({n}); use a multiple of {n}")
 
 
+def check_chunk_size(chunk_size: int, global_batch_size: int, devices: int) -> None:
+  """Refuse a chunk size that does not split each device's views into whole chunks of image
+  pairs, before anything compiles."""
+  if not chunk_size:
+    return
+  views = 2 * (global_batch_size // devices)
+  if chunk_size % 2 or views % chunk_size:
+    divisors = [c for c in range(2, views + 1, 2) if views % c == 0]
+    raise ValueError(
+        f"train.chunk_size={chunk_size}: expected an even number of views that divides the "
+        f"{views} views per device (train.batch_size={global_batch_size} on {devices} devices, "
+        f"2 views per image), e.g. {', '.join(map(str, divisors[:8]))}; 0 = one pass")
+
+
 def host_to_global(mesh: Mesh, local_batch):
   """Process-local numpy batch (leading axis = this process's rows) -> global sharded arrays."""
   sharding = batch_sharded(mesh)

@@ -35,6 +35,8 @@ MAY_CHANGE = (
     "data.path",                        # data moved; its shape and channels are checked again
     "data.workers", "data.prefetch", "data.eval_split",
     "model.conv_impl",                  # the same parameters, another convolution kernel
+    "model.remat",                      # the same parameters and gradients, less memory
+    "train.chunk_size",                 # the same state; BatchNorm groups chunks instead
     "eval.", "finetune.", "distributed.",
     "logs.",                            # where the metrics are mirrored (W&B on or off)
     "distill.",                         # read by `simclr-jax distill` only

@@ -3,20 +3,22 @@ pretrain, linear_eval, finetune) and the benchmarks set up from a config, in one
 
 `start(config)`, in the order JAX needs:
 1. the persistent compilation cache (`use_compilation_cache`);
-2. the convolution path: model.conv_impl ('auto', 'onednn' or 'xla') decided by
+2. model.dtype='auto' resolved (`resolve_dtype`): bfloat16 on GPU/TPU, float32 on CPU, written
+   into the config and logged (`model.dtype: bfloat16 (auto, backend gpu)`);
+3. the convolution path: model.conv_impl ('auto', 'onednn' or 'xla') decided by
    `models.onednn.resolve_conv_impl`, written into the config as 'onednn' or 'xla' (the model,
    the saved config.json and the report read that), and logged with its reason: `conv: onednn`,
    `conv: xla (backend gpu)`, `conv: xla (model.dtype bfloat16)`, `conv: xla (oneDNN
    convolutions unavailable: no C++ compiler ...)`. An explicit 'onednn' that cannot run here
    is a one-line ValueError;
-3. the CPU devices (`cpu_devices_for`): one per process for oneDNN's convolutions (they thread
+4. the CPU devices (`cpu_devices_for`): one per process for oneDNN's convolutions (they thread
    over every core themselves), else emulated XLA devices by the batch (`cpu_device_count`);
-4. with `multi_host=True`, the multi-host start (simclr_jax/distributed.py).
+5. with `multi_host=True`, the multi-host start (simclr_jax/distributed.py).
 
 The CPU device count and the multi-host start must both precede the start of JAX's backends,
-while the convolution path depends on the backend. Where the backend is known without starting
-it (`cpu_only`: JAX told to use the CPU, or no accelerator plugin installed) the path is
-resolved first, so the device count follows it; elsewhere (a GPU or TPU host) it is resolved
+while the dtype and the convolution path depend on the backend. Where the backend is known
+without starting it (`cpu_only`: JAX told to use the CPU, or no accelerator plugin installed)
+they are resolved first, so the device count follows it; elsewhere (a GPU or TPU host) it is resolved
 last, from the started backend, and oneDNN's handlers are never built there.
 """
 
@@ -100,13 +102,28 @@ def cpu_only() -> bool:
   return not _accelerator_plugins()
 
 
+def resolve_dtype(config, platform: str | None = None) -> str:
+  """model.dtype, with 'auto' resolved for `platform` (default: the started backend) by
+  `models.simclr.auto_dtype`, written into `config` and logged; returns the name."""
+  from simclr_jax.models import simclr
+  name = config.model.get("dtype", "float32")
+  if name == "auto":
+    platform = platform or jax.default_backend()
+    name = simclr.auto_dtype(platform)
+    config.model.dtype = name
+    logging.info("model.dtype: %s (auto, backend %s)", name, platform)
+  return name
+
+
 def conv_path(model_cfg, platform: str | None = None) -> tuple[str, str]:
   """('onednn' | 'xla', why) for a config's `model` group on `platform` (default: the started
   backend): `models.onednn.resolve_conv_impl` of its conv_impl and dtype. A config written
   before the field existed ran XLA's convolution."""
-  from simclr_jax.models import onednn
-  return onednn.resolve_conv_impl(model_cfg.get("conv_impl", "xla"),
-                                  model_cfg.get("dtype", "float32"), platform)
+  from simclr_jax.models import onednn, simclr
+  dtype = model_cfg.get("dtype", "float32")
+  if dtype == "auto":
+    dtype = simclr.auto_dtype(platform)
+  return onednn.resolve_conv_impl(model_cfg.get("conv_impl", "xla"), dtype, platform)
 
 
 def resolve_conv(config, platform: str | None = None) -> str:
@@ -165,10 +182,12 @@ def start(config, multi_host: bool = False) -> str:
   use_compilation_cache()
   known = cpu_only()
   if known:
+    resolve_dtype(config, "cpu")
     resolve_conv(config, "cpu")       # first: the device count follows the path
   use_cpu_path_for(config)
   if multi_host:
     distributed.initialize_distributed(config)
   if not known:
-    resolve_conv(config)              # from the started backend
+    resolve_dtype(config)             # from the started backend
+    resolve_conv(config)
   return config.model.conv_impl

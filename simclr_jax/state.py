@@ -55,6 +55,7 @@ def build(config, num_train_examples: int) -> Setup:
   mesh = parallel.make_mesh(config.train.num_devices)
   batch_size = config.train.batch_size
   parallel.check_batch_size(batch_size, mesh)
+  parallel.check_chunk_size(int(config.train.get("chunk_size", 0)), batch_size, mesh.devices.size)
   steps_per_epoch = max(1, num_train_examples // batch_size)
   total_steps = config.train.steps if config.train.steps > 0 else (
       config.train.epochs * steps_per_epoch)

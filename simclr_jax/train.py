@@ -32,8 +32,8 @@ from absl import logging
 from etils import epath
 from jax.sharding import PartitionSpec as P
 
-from simclr_jax import (augment, checkpoint, guards, logs, losses, monitor, parallel, progress,
-                        resume)
+from simclr_jax import (augment, checkpoint, chunked, guards, logs, losses, monitor, parallel,
+                        progress, resume)
 from simclr_jax import state as state_lib
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import pipeline
@@ -46,7 +46,8 @@ def make_train_step(setup: state_lib.Setup, augment_key):
   statistics over 'data' and NT-Xent takes its negatives from every device, so N devices
   compute the loss of the global batch. Gradients are taken outside shard_map, through it:
   JAX transposes the all_gather and the replicated parameters' use, which sums each device's
-  contribution, and the result is the gradient of the global loss.
+  contribution, and the result is the gradient of the global loss. With train.chunk_size the
+  per-device part takes the gradients itself, chunk by chunk (simclr_jax/chunked.py).
   """
   config, mesh, model = setup.config, setup.mesh, setup.model
   view1, view2 = augment.make_augment(config.augment, config.data.channels,
@@ -67,32 +68,43 @@ def make_train_step(setup: state_lib.Setup, augment_key):
     metrics = dict(metrics, contrastive_loss=loss)
     if num_classes:
       # Online classifier on stop_gradient(h) (inside the model): a running probe of h.
-      labels2 = jnp.concatenate([labels, labels])
-      valid = labels2 >= 0
-      ce = optax.softmax_cross_entropy_with_integer_labels(out["logits"],
-                                                           jnp.maximum(labels2, 0))
-      correct = (jnp.argmax(out["logits"], -1) == labels2) & valid
-      count = jnp.maximum(jax.lax.psum(valid.sum(), parallel.DATA), 1)
-      online_loss = jax.lax.psum(jnp.where(valid, ce, 0.0).sum(), parallel.DATA) / count
-      metrics["online_loss"] = online_loss
-      metrics["online_accuracy"] = jax.lax.psum(correct.sum(), parallel.DATA) / count
+      online_loss, online_accuracy = losses.online_classifier(
+          out["logits"], jnp.concatenate([labels, labels]), parallel.DATA)
+      metrics.update(online_loss=online_loss, online_accuracy=online_accuracy)
       loss = loss + online_loss
     return loss, (metrics, new_vars["batch_stats"])
 
-  sharded = jax.shard_map(
-      per_device, mesh=mesh,
-      in_specs=(P(), P(), P(parallel.DATA), P(parallel.DATA), P(parallel.DATA), P()),
-      out_specs=(P(), (P(), P())))
+  def chunked_per_device(params, batch_stats, images, ids, labels, dropout_key):
+    k1, k2 = augment.view_keys(augment_key, ids.astype(jnp.uint32))
+    dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(parallel.DATA))
+    return chunked.loss_and_grads(
+        model.apply, params, batch_stats, augment.augment_batch(view1, k1, images),
+        augment.augment_batch(view2, k2, images), chunk_size=chunk_size,
+        temperature=temperature, axis_name=parallel.DATA, dropout_key=dropout_key,
+        labels=labels, num_classes=num_classes)
+
+  chunk_size = int(config.train.get("chunk_size", 0))
+  in_specs = (P(), P(), P(parallel.DATA), P(parallel.DATA), P(parallel.DATA), P())
+  if chunk_size:
+    # The gradients are taken inside: simclr_jax/chunked.py.
+    sharded = jax.shard_map(chunked_per_device, mesh=mesh, in_specs=in_specs,
+                            out_specs=(P(), P(), P(), P()))
+  else:
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs,
+                            out_specs=(P(), (P(), P())))
+
+  def grads_of(state, batch, dropout_key):
+    """(loss, metrics, new batch_stats, gradients) of the global batch."""
+    args = (state.batch_stats, batch["image"], batch["id"], batch["label"], dropout_key)
+    if chunk_size:
+      return sharded(state.params, *args)
+    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(
+        lambda params: sharded(params, *args), has_aux=True)(state.params)
+    return loss, metrics, batch_stats, grads
 
   def train_step(state: state_lib.TrainState, batch):
     dropout_key = jax.random.fold_in(augment_key, state.step)
-
-    def loss_fn(params):
-      return sharded(params, state.batch_stats, batch["image"], batch["id"], batch["label"],
-                     dropout_key)
-
-    (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    loss, metrics, batch_stats, grads = grads_of(state, batch, dropout_key)
     # A non-finite step changes nothing but the step count (guards.apply_if_finite).
     new_state, norms = guards.apply_if_finite(state, loss, grads, batch_stats)
     metrics = dict(metrics, **norms, loss=loss, learning_rate=setup.schedule(state.step),
@@ -174,6 +186,13 @@ def pretrain(config, workdir: str) -> dict[str, float]:
   logging.info("%s: %d parameters, %d devices, global batch %d, %d steps (%d per epoch)",
                config.model.backbone, n_params, setup.mesh.devices.size,
                config.train.batch_size, setup.total_steps, setup.steps_per_epoch)
+  chunk_size = int(config.train.get("chunk_size", 0))
+  if chunk_size:
+    views = 2 * config.train.batch_size // setup.mesh.devices.size
+    logging.info("train.chunk_size=%d: %d passes of %d views per device; BatchNorm normalises "
+                 "each chunk over all devices (%d views), not the whole batch of %d "
+                 "(simclr_jax/chunked.py)", chunk_size, views // chunk_size, chunk_size,
+                 chunk_size * setup.mesh.devices.size, 2 * config.train.batch_size)
   train_step = make_train_step(setup, augment_key)
   # Other processes: log lines only. With logs.wandb, W&B too (the run opens here).
   writer = logs.Writer(str(workdir) if is_chief else None, config)

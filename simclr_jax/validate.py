@@ -135,6 +135,7 @@ RULES: dict[str, Rule] = {
     "model.width_multiplier": number(1 / 64),
     "model.cifar_stem": BOOL, "model.hidden_mlp": integer(1), "model.feat_dim": integer(1),
     "model.proj_layers": integer(2), "model.dtype": choice(names_of("dtypes")),
+    "model.remat": BOOL,
     "model.conv_impl": choice(names_of("conv_impls")), "model.online_head": BOOL,
     "model.online_hidden": integer(0), "model.online_dropout": PROB_OPEN,
     "model.init_from": TEXT,
@@ -147,7 +148,8 @@ RULES: dict[str, Rule] = {
     "optim.trust_coefficient": POSITIVE, "optim.warmup_epochs": NONNEG,
     "optim.schedule": choice(names_of("schedules")), "optim.end_lr_factor": number(0, 1),
     "train.batch_size": integer(1), "train.epochs": integer(0), "train.steps": integer(0),
-    "train.num_devices": integer(0), "train.log_every": integer(1),
+    "train.num_devices": integer(0), "train.chunk_size": integer(0),
+    "train.log_every": integer(1),
     "train.checkpoint_every": integer(1), "train.keep_checkpoints": integer(1),
     "train.patience": integer(0), "train.max_bad_steps": integer(0),
     "train.report": BOOL,
@@ -309,6 +311,7 @@ def check_devices(config) -> None:
   try:
     mesh = parallel.make_mesh(t.num_devices)
     parallel.check_batch_size(t.batch_size, mesh)
+    parallel.check_chunk_size(int(t.get("chunk_size", 0)), t.batch_size, mesh.devices.size)
   except ValueError as e:
     raise ConfigError(one_line(e)) from None
   if t.batch_size % jax.process_count():

@@ -66,3 +66,31 @@ def test_bfloat16_step_keeps_float32_state_and_stays_near_the_float32_loss():
                                                           jax.tree.leaves(new32.params))])
   cosine = float(d16 @ d32 / (np.linalg.norm(d16) * np.linalg.norm(d32)))
   assert cosine > 0.8, cosine
+
+
+def test_auto_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch, caplog):
+  """model.dtype='auto': resolved once at start-up from the backend, written into the config
+  (what config.json, the report and an export read) and logged; a model built from an
+  unresolved config resolves it the same way."""
+  from simclr_jax import startup, validate
+  from simclr_jax.models import onednn, simclr
+  assert [simclr.auto_dtype(p) for p in ("cpu", "gpu", "tpu")] == [
+      "float32", "bfloat16", "bfloat16"]
+  c = digits.get_config("tiny")
+  c.model.dtype = "auto"
+  validate.check_fields(c)                            # a valid value
+  # This host (CPU): float32, so the convolutions may take oneDNN's float32 path.
+  assert simclr.model_from_config(c.model, 0).dtype == jnp.float32
+  with caplog.at_level("INFO"):
+    assert startup.resolve_dtype(c, "cpu") == "float32"
+  assert c.model.dtype == "float32" and "model.dtype: float32 (auto, backend cpu)" in caplog.text
+  # A GPU host (faked as in test_conv.test_an_accelerator_host_builds_nothing).
+  monkeypatch.setattr(onednn, "unavailable", lambda: pytest.fail("built off the CPU"))
+  monkeypatch.setattr(startup, "cpu_only", lambda: False)
+  monkeypatch.setattr(startup, "use_all_cpu_cores", lambda n: None)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  c.model.dtype, c.model.conv_impl = "auto", "auto"
+  with caplog.at_level("INFO"):
+    assert startup.start(c) == "xla"
+  assert c.model.dtype == "bfloat16" and "model.dtype: bfloat16 (auto, backend gpu)" in caplog.text
+  assert simclr.model_from_config(c.model, 0).dtype == jnp.bfloat16

@@ -23,6 +23,7 @@ COMMANDS = {
     "report": ("report", "the model report of a run (report.md, loss curve)"),
     "sweep": ("sweep", "a grid of pretraining runs scored downstream, one table"),
     "augment-grid": ("augment_grid", "a picture of a config's augmented views"),
+    "plan": ("plan", "per-device memory of a recipe's train step, compiled, not run"),
 }
 PROG = "simclr-jax"
 

@@ -22,8 +22,10 @@ at batch 4096 and 100 epochs (69.3 % at 1000 epochs, Table 6). Its linear protoc
 probe with SGD on augmented crops; this repository's probe fits frozen features of the
 unaugmented images, so expect the same level within a few points, not the digit. It needs
 accelerators: the paper trained this in 1.5 hours on 128 TPU v3 cores; on CPU one step of 4096
-images takes many minutes. `--config.model.dtype=bfloat16` halves the activations' memory on
-accelerators (the loss stays float32).
+images takes many minutes. `--config.model.dtype=auto` computes in bfloat16 on accelerators
+(the loss and the state stay float32); `simclr-jax plan --config imagenet --devices 8` says
+whether the batch fits your cards, and `model.remat` / `train.chunk_size` trade compute for
+memory where it does not (docs/memory.md).
 
 `get_config('tiny')` is the same pipeline shrunk for tests (still reads the data).
 """

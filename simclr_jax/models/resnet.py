@@ -132,6 +132,9 @@ class ResNet(nn.Module):
   # 'xla': lax.conv_general_dilated; 'onednn': oneDNN's (models/onednn.py), faster on CPUs;
   # 'auto': `conv_function` picks. The parameters are the same either way.
   conv_impl: str = "xla"
+  # Rematerialise each residual block (model.remat): the backward pass recomputes a block's
+  # activations from its input instead of keeping them. The same parameters and gradients.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -158,10 +161,11 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name="bn_stem")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
 
+    block_cls = nn.remat(self.block_cls) if self.remat else self.block_cls
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = self.block_cls(
+        x = block_cls(
             filters=width * 2**i,
             conv=conv,
             norm=norm,

@@ -21,8 +21,18 @@ from simclr_jax.models.heads import OnlineClassifier, ProjectionHead
 from simclr_jax.models.resnet import ResNet, get_backbone
 from simclr_jax.models.sk_resnet import SK_BACKBONES, get_sk_backbone
 
-# model.dtype: the names a config may give, and the dtype the encoder computes in.
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# model.dtype: the names a config may give, and the dtype the encoder computes in ('auto':
+# `auto_dtype` of the backend; the start-up writes the name it picks into the config).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "auto": None}
+
+
+def auto_dtype(platform: str | None = None) -> str:
+  """model.dtype='auto' on `platform` (default: the started backend): bfloat16 on GPU and TPU,
+  whose matrix units run it at several times float32's rate and whose memory it halves;
+  float32 on CPU, where XLA's bfloat16 convolutions run slower than float32 (and oneDNN's
+  path is float32)."""
+  platform = platform or jax.default_backend()
+  return "float32" if platform == "cpu" else "bfloat16"
 
 
 def make_encoder(backbone: str, width_multiplier: float = 1.0, cifar_stem: bool = False,
@@ -53,10 +63,12 @@ class SimCLRModel(nn.Module):
   bn_axis_name: str | None = None
   dtype: Any = jnp.float32
   conv_impl: str = "xla"
+  remat: bool = False
 
   def setup(self):
     self.encoder = make_encoder(self.backbone, self.width_multiplier, self.cifar_stem,
-                                self.bn_axis_name, self.dtype, conv_impl=self.conv_impl)
+                                self.bn_axis_name, self.dtype, conv_impl=self.conv_impl,
+                                remat=self.remat)
     self.projection = ProjectionHead(self.hidden_mlp, self.feat_dim, self.proj_layers,
                                      bn_axis_name=self.bn_axis_name, dtype=self.dtype)
     if self.num_classes > 0:
@@ -81,10 +93,11 @@ class SimCLRModel(nn.Module):
 
 
 def compute_dtype(name: str):
-  """model.dtype ('float32' | 'bfloat16') as the jnp dtype the encoder computes in."""
+  """model.dtype ('float32' | 'bfloat16' | 'auto') as the jnp dtype the encoder computes in;
+  'auto' (a config that did not go through the start-up) by `auto_dtype` of the backend."""
   if name not in DTYPES:
     raise ValueError(f"Unknown model dtype {name!r}; valid: {', '.join(DTYPES)}.")
-  return DTYPES[name]
+  return DTYPES[name] or DTYPES[auto_dtype()]
 
 
 def _conv_impl(model_cfg) -> str:
@@ -98,7 +111,7 @@ def encoder_from_config(model_cfg, bn_axis_name: str | None = None) -> nn.Module
   """The encoder of `model_from_config(model_cfg, ...)` alone, for models built around it."""
   return make_encoder(model_cfg.backbone, model_cfg.width_multiplier, model_cfg.cifar_stem,
                       bn_axis_name, compute_dtype(model_cfg.dtype),
-                      conv_impl=_conv_impl(model_cfg))
+                      conv_impl=_conv_impl(model_cfg), remat=model_cfg.get("remat", False))
 
 
 def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = None) -> SimCLRModel:
@@ -117,4 +130,6 @@ def model_from_config(model_cfg, num_classes: int, bn_axis_name: str | None = No
       bn_axis_name=bn_axis_name,
       dtype=compute_dtype(model_cfg.dtype),
       conv_impl=_conv_impl(model_cfg),
+      # Workdirs written before the field existed kept every activation.
+      remat=model_cfg.get("remat", False),
   )

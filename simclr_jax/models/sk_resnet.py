@@ -131,6 +131,7 @@ class SKResNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   conv_impl: str = "xla"            # as ResNet's: 'xla' | 'onednn' | 'auto'
+  remat: bool = False               # as ResNet's: recompute each block in the backward pass
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -152,6 +153,7 @@ class SKResNet(nn.Module):
         x = nn.relu(norm(name=f"bn_stem{i + 1}")(x))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     block = SKBottleneck if self.bottleneck else SKBasicBlock
+    block = nn.remat(block) if self.remat else block
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         x = block(width * 2**i, conv, norm, self.sk_ratio, strides=2 if i > 0 and j == 0 else 1,
