@@ -227,5 +227,48 @@ def fits(peak: int, card_gib: float, headroom: float = HEADROOM) -> bool:
   return peak * (1 + headroom) <= card_gib * 2**30
 
 
+# --- The table ---------------------------------------------------------------------------------
+
+def _gib(x) -> str:
+  """Two decimals; two significant digits below 0.1 GiB (a tiny config's rows)."""
+  if x is None:
+    return ""
+  return f"{x / 2**30:.2f}" if x >= 0.1 * 2**30 else f"{x / 2**30:.2g}"
+
+
+def options(row: dict) -> str:
+  parts = ["remat"] if row.get("remat") else []
+  if row.get("chunk_size"):
+    passes = 2 * row["per_device_batch"] // row["chunk_size"]
+    parts.append(f"{passes} chunks of {row['chunk_size']}")
+  return " + ".join(parts) or "plain"
+
+
+def table(recipe: str, rows: list[dict], cards: list[float], headroom: float) -> str:
+  """The markdown table `simclr-jax plan` prints: a row per plan, its notes below."""
+  fit_cols = [f"fits {c:g} GB" for c in cards]
+  head = ["recipe", "batch", "devices", "per device", "options", "dtype", "argument GiB",
+          "temp GiB", "peak GiB", *fit_cols]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for r in rows:
+    cells = [recipe, r["batch"], r["devices"], r["per_device_batch"], options(r),
+             r.get("dtype") or ""]
+    if "error" in r:
+      cells += [f"error: {r['error'][:120]}", "", ""] + [""] * len(cards)
+    else:
+      cells += [_gib(r.get("argument")), _gib(r.get("temp")), _gib(r.get("peak"))]
+      cells += ["yes" if fits(r["peak"], c, headroom) else "no" for c in cards]
+    lines.append("| " + " | ".join(map(str, cells)) + " |")
+  compilers = list(dict.fromkeys(r["compiler"] for r in rows if "compiler" in r))
+  lines += ["", f"Computed by {'; '.join(compilers) or 'no compiler (every row failed)'}, "
+            "without running a step. Per device: peak = argument + output + temp - alias "
+            f"(donated state); fits = peak x {1 + headroom:g} <= the card's GiB. XLA:CPU's "
+            "figures estimate an accelerator's (docs/memory.md)."]
+  if any(r.get("dtype") == "bfloat16" and "XLA:CPU" in r.get("compiler", "") for r in rows):
+    lines.append("XLA:CPU has no bfloat16 convolution (it keeps float32 copies): its bfloat16 "
+                 "figures overstate a GPU's; plan bfloat16 on the accelerator.")
+  return "\n".join(lines)
+
+
 if __name__ == "__main__":
   worker(json.loads(sys.stdin.read()))

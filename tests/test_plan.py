@@ -79,21 +79,20 @@ def test_planned_config_compiles_xla_convolutions_and_resolves_auto_for_the_acce
 
 
 def test_table_rows_fits_and_the_bfloat16_warning_on_xla_cpu():
-  from simclr_jax.cli import plan as plan_cli
   gib = 2**30
   rows = [{"batch": 4096, "devices": 8, "per_device_batch": 512, "remat": True,
            "chunk_size": 128, "dtype": "float32", "argument": gib // 2, "temp": 9 * gib,
            "peak": 10 * gib, "compiler": "XLA:CPU for 8 emulated devices"},
           {"batch": 512, "devices": 1, "per_device_batch": 512, "remat": False,
            "chunk_size": 0, "dtype": "bfloat16", "error": "MemoryError: no"}]
-  text = plan_cli.table("imagenet", rows, [16, 80], 0.1)
+  text = memory.table("imagenet", rows, [16, 80], 0.1)
   assert ("| imagenet | 4096 | 8 | 512 | remat + 8 chunks of 128 | float32 | 0.50 | 9.00 "
           "| 10.00 | yes | yes |") in text
   assert "| imagenet | 512 | 1 | 512 | plain | bfloat16 | error: MemoryError: no |" in text
   assert "Computed by XLA:CPU for 8 emulated devices," in text
   assert "bfloat16" not in text.split("\n")[-1]         # no bfloat16 row compiled on the CPU
   rows[1] = dict(rows[0], dtype="bfloat16")
-  assert "XLA:CPU has no bfloat16 convolution" in plan_cli.table("imagenet", rows, [16], 0.1)
+  assert "XLA:CPU has no bfloat16 convolution" in memory.table("imagenet", rows, [16], 0.1)
 
 
 @pytest.mark.slow

@@ -91,47 +91,6 @@ def jobs(batches: list[int], device_counts: list[int]) -> dict[int, list[dict]]:
   return out
 
 
-def _gib(x) -> str:
-  """Two decimals; two significant digits below 0.1 GiB (a tiny config's rows)."""
-  if x is None:
-    return ""
-  return f"{x / 2**30:.2f}" if x >= 0.1 * 2**30 else f"{x / 2**30:.2g}"
-
-
-def options(row: dict) -> str:
-  parts = ["remat"] if row.get("remat") else []
-  if row.get("chunk_size"):
-    passes = 2 * row["per_device_batch"] // row["chunk_size"]
-    parts.append(f"{passes} chunks of {row['chunk_size']}")
-  return " + ".join(parts) or "plain"
-
-
-def table(recipe: str, rows: list[dict], cards: list[float], headroom: float) -> str:
-  from simclr_jax import memory
-  fit_cols = [f"fits {c:g} GB" for c in cards]
-  head = ["recipe", "batch", "devices", "per device", "options", "dtype", "argument GiB",
-          "temp GiB", "peak GiB", *fit_cols]
-  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-  for r in rows:
-    cells = [recipe, r["batch"], r["devices"], r["per_device_batch"], options(r),
-             r.get("dtype") or ""]
-    if "error" in r:
-      cells += [f"error: {r['error'][:120]}", "", ""] + [""] * len(cards)
-    else:
-      cells += [_gib(r.get("argument")), _gib(r.get("temp")), _gib(r.get("peak"))]
-      cells += ["yes" if memory.fits(r["peak"], c, headroom) else "no" for c in cards]
-    lines.append("| " + " | ".join(map(str, cells)) + " |")
-  compilers = list(dict.fromkeys(r["compiler"] for r in rows if "compiler" in r))
-  lines += ["", f"Computed by {'; '.join(compilers) or 'no compiler (every row failed)'}, "
-            "without running a step. Per device: peak = argument + output + temp - alias "
-            f"(donated state); fits = peak x {1 + headroom:g} <= the card's GiB. XLA:CPU's "
-            "figures estimate an accelerator's (docs/memory.md)."]
-  if any(r.get("dtype") == "bfloat16" and "XLA:CPU" in r.get("compiler", "") for r in rows):
-    lines.append("XLA:CPU has no bfloat16 convolution (it keeps float32 copies): its bfloat16 "
-                 "figures overstate a GPU's; plan bfloat16 on the accelerator.")
-  return "\n".join(lines)
-
-
 def main(argv):
   shared.no_extra_args(argv)
   from simclr_jax import memory
@@ -144,7 +103,7 @@ def main(argv):
   n_examples = _N_EXAMPLES.value
   rows = memory.plan(config, todo, n_examples=n_examples,
                      progress=lambda line: print(line, file=sys.stderr, flush=True))
-  print(table(recipe, rows, cards, _HEADROOM.value), flush=True)
+  print(memory.table(recipe, rows, cards, _HEADROOM.value), flush=True)
   if _JSON.value:
     os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
     with open(_JSON.value, "w") as f:
