@@ -24,11 +24,13 @@ on 3,072 raw pixels); `--probe logistic` uses scikit-learn itself.
 
 Runs on every device the machine has (one emulated CPU device per core), like
 `simclr-jax pretrain`. Writes benchmarks/results/quality.json (or --out) and prints a markdown
-row. `--features h,head1,h+head1` adds probes of head layer 1 (the projection head's first
-layer with its BatchNorm and ReLU, where SimCLR v2 fine-tunes from) and of both; the first
-is the headline. No checkpoint is written unless `--workdir W`: then W holds config.json, the
-final state and the data subsets, and `simclr-jax linear-eval / finetune / distill --workdir
-W` run on them (benchmarks/v2_table.py).
+row. `--features` names the feature sets probed, comma-separated, the first the headline:
+each is parts of simclr_jax/readout.py joined by '+' (`h`; `head1`, the projection head's
+first layer with its BatchNorm and ReLU, where SimCLR v2 fine-tunes from; `s4_2x2`, `s3_2x2`,
+the last two stages' maps average-pooled over a 2x2 grid), e.g. `s3_2x2+s4_2x2+head1,h`.
+No checkpoint is written unless `--workdir W`: then W holds config.json, the final state and
+the data subsets, and `simclr-jax linear-eval / finetune / distill --workdir W` run on them
+(benchmarks/v2_table.py).
 """
 
 from __future__ import annotations
@@ -169,32 +171,20 @@ def pretrain_for(config, minutes: float, log_every: int, warmup: float = 0.0):
   return state, setup, info
 
 
-class _WithHeadLayer:
-  """`model.apply`-alike whose 'h' is [h, head layer 1]: the encoder output and, after it, the
-  first projection layer with its BatchNorm and ReLU (what SimCLR v2 fine-tunes from), so
-  one pass over the images gives both feature sets."""
-
-  def __init__(self, model, hidden: int):
-    from simclr_jax import finetuning
-    self.model, self.layer1 = model, finetuning.ProjectionPrefix(hidden, 1)
-
-  def apply(self, variables, images, train=False):
-    import jax.numpy as jnp
-    h = self.model.apply(variables, images, train=False)["h"]
-    p, bs = variables["params"]["projection"], variables["batch_stats"]["projection"]
-    g1 = self.layer1.apply({"params": {k: p[k] for k in ("dense1", "bn1")},
-                            "batch_stats": {"bn1": bs["bn1"]}}, h, False)
-    return {"h": jnp.concatenate([h, g1], axis=-1)}
-
-
-# --features: what the probe reads. 'h' is the encoder output (the protocol's, and
-# `simclr-jax linear-eval`'s); 'head1' is head layer 1; 'h+head1' both, concatenated.
-FEATURES = ("h", "head1", "h+head1")
+def _columns(specs, dims) -> dict:
+  """Each spec's columns of one extraction of all the parts the specs name (in
+  readout.PARTS order): a feature set per spec without a pass over the images per spec."""
+  from simclr_jax import readout
+  starts, at = {}, 0
+  for part in readout.PARTS:
+    if part in dims:
+      starts[part], at = at, at + dims[part]
+  return {s: [slice(starts[p], starts[p] + dims[p]) for p in readout.parse(s)] for s in specs}
 
 
 def probe_all(config, setup, state, probe: str, features=("h",), baselines=True) -> dict:
   import numpy as np
-  from simclr_jax import evaluate
+  from simclr_jax import evaluate, readout
   from simclr_jax import state as state_lib
   from simclr_jax.data import sources
 
@@ -208,7 +198,8 @@ def probe_all(config, setup, state, probe: str, features=("h",), baselines=True)
       "random_init": lambda: state_lib.init_variables(setup.model, config.data, setup.mesh,
                                                       state_lib.run_keys(config.seed)[0]),
   }
-  model = _WithHeadLayer(setup.model, config.model.hidden_mlp)
+  parts = [p for p in readout.PARTS if any(p in readout.parse(f) for f in features)]
+  model = readout.Readout(setup.model, "+".join(parts))
   out = {}
   names = ["pretrained"] + (["random_init", "raw_pixels"] if baselines else [])
   for name in names:
@@ -220,9 +211,10 @@ def probe_all(config, setup, state, probe: str, features=("h",), baselines=True)
       v = variables[name]()
       x_tr = evaluate.extract_features(model, setup.mesh, v, train_src, ev.batch_size)[0]
       x_te = evaluate.extract_features(model, setup.mesh, v, test_src, ev.batch_size)[0]
-      dim_h = x_tr.shape[1] - config.model.hidden_mlp
-      cols = {"h": slice(0, dim_h), "head1": slice(dim_h, None), "h+head1": slice(0, None)}
-      sets = {f: (x_tr[:, cols[f]], x_te[:, cols[f]]) for f in features}
+      cols = _columns(features, model.dims(v, (config.data.image_size,) * 2
+                                           + (config.data.channels,)))
+      pick = lambda x, f: np.concatenate([x[:, c] for c in cols[f]], axis=1)
+      sets = {f: (pick(x_tr, f), pick(x_te, f)) for f in features}
     t1 = time.perf_counter()
     for i, (f, (a_tr, a_te)) in enumerate(sets.items()):
       t2 = time.perf_counter()
@@ -254,6 +246,7 @@ def save_workdir(config, state, workdir: str) -> None:
 
 
 def main(argv=None):
+  from simclr_jax import readout
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--cifar", required=True, help="folder of cifar10_{train,test}.npz")
   p.add_argument("--minutes", type=float, default=20.0, help="pretraining budget, compile incl.")
@@ -270,8 +263,9 @@ def main(argv=None):
   p.add_argument("--color-strength", type=float, default=0.5, help="colour jitter strength")
   p.add_argument("--hidden", type=int, default=512, help="projection head's hidden width")
   p.add_argument("--seed", type=int, default=42)
-  p.add_argument("--features", default="h", help=f"comma-separated, of {', '.join(FEATURES)}; "
-                 "the first is the headline")
+  p.add_argument("--features", default="h", help="comma-separated feature sets, each of "
+                 f"{', '.join(readout.PARTS)} joined by '+' (simclr_jax/readout.py); the first "
+                 "is the headline")
   p.add_argument("--no-baselines", action="store_true", help="skip random init and raw pixels")
   p.add_argument("--workdir", help="also save config.json and the final state here, for "
                  "simclr-jax linear-eval / finetune / distill --workdir")
@@ -281,10 +275,11 @@ def main(argv=None):
   p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "quality.json"))
   args = p.parse_args(argv)
   features = tuple(f.strip() for f in args.features.split(",") if f.strip())
-  bad = [f for f in features if f not in FEATURES]
-  if bad or not features:
-    p.error(f"--features {args.features!r}: expected a comma-separated list of "
-            f"{', '.join(FEATURES)}")
+  try:
+    for f in features or ("",):
+      readout.parse(f)
+  except ValueError as e:
+    p.error(f"--features: {e}")
 
   from simclr_jax import logs, startup
   logs.quiet_libraries()

@@ -36,7 +36,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from simclr_jax import metrics as metrics_lib
-from simclr_jax import parallel, probes, progress, validate
+from simclr_jax import parallel, probes, progress, readout, validate
 from simclr_jax import state as state_lib
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.data import labels as labels_lib
@@ -170,6 +170,8 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
     raise ValueError(f"{train_src!r} has no labels: the linear probe needs a labelled split")
   mesh = parallel.make_mesh(config.train.num_devices)
   model = state_lib.make_model(config)
+  # What the probe reads: h, or more of the network (eval.features, simclr_jax/readout.py).
+  reader = readout.Readout(model, ev.get("features", "h"))
   variables, step, kind = state_lib.restore(config, workdir, ev.get("checkpoint", "best"), mesh)
   targets = ((train_src.multi_hot, test_src.multi_hot) if multilabel
              else (np.asarray(train_src.labels), np.asarray(test_src.labels)))
@@ -182,8 +184,8 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
   for name, get_variables in encoders.items():
     def both(get_variables=get_variables):
       v = get_variables()
-      return (extract_features(model, mesh, v, train_src, ev.batch_size)[0],
-              extract_features(model, mesh, v, test_src, ev.batch_size)[0])
+      return (extract_features(reader, mesh, v, train_src, ev.batch_size)[0],
+              extract_features(reader, mesh, v, test_src, ev.batch_size)[0])
     features[name] = both
   if "raw_pixels" in ev.baselines:
     features["raw_pixels"] = lambda: (raw_pixels(train_src, ev.batch_size),
@@ -199,11 +201,13 @@ def linear_eval(workdir: str, config: ml_collections.ConfigDict | None = None) -
                               scores, config.data.num_classes)
       for r in rows:
         r["seconds"] = round((time.perf_counter() - t1) / len(rows), 2)
+        r["dim"] = int(x_tr.shape[1])
       results += rows
     logging.info("%s features %s extracted and probed in %.1f s", name, x_tr.shape,
                  time.perf_counter() - t0)
   report = {"workdir": os.path.abspath(workdir), "checkpoint_step": int(step),
-            "checkpoint": kind, "train_split": config.data.train_split,
+            "checkpoint": kind, "features": ev.get("features", "h"),
+            "train_split": config.data.train_split,
             "eval_split": config.data.eval_split, "results": results}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, workdir_lib.LINEAR_EVAL), "w") as f:

@@ -257,7 +257,8 @@ def _results_lines(workdir: str, scalars: dict) -> list[str]:
   probe = _load(workdir, workdir_lib.LINEAR_EVAL)
   if probe:
     lines += ["### Linear probe", "", f"`linear_eval.json`: checkpoint {probe['checkpoint']} "
-              f"(step {probe['checkpoint_step']}), test split `{probe['eval_split']}`.", "",
+              f"(step {probe['checkpoint_step']}), test split `{probe['eval_split']}`, the "
+              f"probe reads `{probe.get('features', 'h')}` (eval.features).", "",
               "| features | probe | labels | test accuracy | scores |",
               "| --- | --- | ---: | ---: | --- |"]
     for r in probe["results"]:

@@ -100,6 +100,18 @@ RANGE = Rule(lambda v: isinstance(v, (tuple, list)) and len(v) == 2 and all(map(
              and v[0] < v[1], "(lo, hi) with lo < hi")
 
 
+def _readout():
+  from simclr_jax import readout   # pylint: disable=import-outside-toplevel
+  return readout
+
+
+def _feature_set(v) -> bool:
+  try:
+    return isinstance(v, str) and bool(_readout().parse(v))
+  except ValueError:
+    return False
+
+
 def names_of(name: str) -> Callable[[], tuple]:
   """Allowed names, read from their modules when first needed: a field refused early does
   not wait for the heavy imports (evaluate and finetune bring scikit-learn and the models)."""
@@ -162,6 +174,8 @@ RULES: dict[str, Rule] = {
     "eval.label_fractions": seq(FRACTION, nonempty=True),
     "eval.baselines": seq(choice(names_of("baselines"))),
     "eval.probes": seq(choice(names_of("probes")), nonempty=True),
+    "eval.features": Rule(_feature_set, lambda: "names of " + ", ".join(_readout().PARTS)
+                          + " joined by '+', each once (simclr_jax/readout.py)"),
     "eval.every_epochs": NONNEG, "eval.monitor_split": TEXT, "eval.knn_k": integer(1),
     "eval.knn_temperature": NONNEG, "eval.knn_bank_size": integer(0),
     "eval.checkpoint": Rule(lambda v: (_is_int(v) and v >= 0) or (isinstance(v, str) and (

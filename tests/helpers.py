@@ -132,3 +132,16 @@ def tiny_run_config(steps: int, evaluate: bool):
     c.eval.every_epochs = 2 / (1437 // c.train.batch_size)
     c.eval.knn_bank_size = 256
   return c
+
+
+def random_weight(rng, path, leaf):
+  """A draw for one leaf of a ResNet's variables (jax.tree_util.tree_map_with_path): kernels
+  at He scale, BatchNorm statistics far from (0, 1), at scales that keep the activations of a
+  deep ResNet finite and non-trivial (float64; cast as needed)."""
+  import numpy as np
+  name, shape = path[-1].key, leaf.shape
+  if name == "kernel":
+    return rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape)
+  if name in ("scale", "var"):
+    return rng.uniform(0.5, 1.5, shape)
+  return rng.normal(0, 0.3, shape)         # bias, mean

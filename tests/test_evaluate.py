@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from simclr_jax import checkpoint, evaluate, metrics, models, parallel, probes
+from simclr_jax import workdir as workdir_lib
 from simclr_jax import state as state_lib
 from simclr_jax.configs import digits
 from simclr_jax.data import sources
@@ -80,6 +81,22 @@ def test_linear_eval_on_a_pretrained_run(tiny_run, tmp_path):
     assert 0.3 < r["test_accuracy"] <= 1.0     # a linear probe of ResNet features on digits
   # A stratified quarter of the 1437 labels: within one example per class of 359.
   assert abs(got[("pretrained", 0.25)]["n_train"] - 1437 / 4) <= 10
+
+
+def test_linear_eval_reads_the_feature_set_of_eval_features(tiny_run, tmp_path):
+  # The tiny run: ResNet-18 x1/8 (h: 8 * 64 / 8 = 64 numbers), hidden_mlp 32; the stage maps
+  # of 16x16 digits are 2x2 (last) and 4x4, pooled to 2x2 cells of 64 and 32 channels.
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_run, workdir)
+  config = workdir_lib.load_config(workdir)
+  assert (config.model.width_multiplier, config.model.hidden_mlp) == (0.125, 32)
+  config.eval.features = "h+head1+s4_2x2+s3_2x2"
+  report = evaluate.linear_eval(workdir, config)
+  assert report["features"] == "h+head1+s4_2x2+s3_2x2"
+  dims = {r["features"]: r["dim"] for r in report["results"]}
+  assert dims.pop("raw_pixels", 16 * 16) == 16 * 16         # the baseline reads the pixels
+  assert set(dims.values()) == {64 + 32 + 4 * 64 + 4 * 32} and "pretrained" in dims
+  assert all(0.3 < r["test_accuracy"] <= 1.0 for r in report["results"])
 
 
 def test_linear_eval_without_a_run_names_the_workdir(tmp_path):

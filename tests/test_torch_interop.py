@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import run_python
+from helpers import random_weight, run_python
 from simclr_jax import export, torch_interop, validate
 from simclr_jax import workdir as workdir_lib
 from simclr_jax.configs import default
@@ -34,17 +34,9 @@ def _random_variables(model_cfg, channels, seed=0):
   """Encoder variables drawn at random, BatchNorm statistics far from (0, 1), at scales that
   keep the activations of a deep ResNet finite and non-trivial."""
   rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name, shape = path[-1].key, leaf.shape
-    if name == "kernel":
-      return rng.normal(0, np.sqrt(2 / np.prod(shape[:-1])), shape)
-    if name in ("scale", "var"):
-      return rng.uniform(0.5, 1.5, shape)
-    return rng.normal(0, 0.3, shape)         # bias, mean
-
   shapes = torch_interop.abstract_encoder(model_cfg, channels)
-  return jax.tree_util.tree_map_with_path(lambda p, s: draw(p, s).astype(np.float32), shapes)
+  return jax.tree_util.tree_map_with_path(
+      lambda p, s: random_weight(rng, p, s).astype(np.float32), shapes)
 
 
 def _encoder(config, variables):

@@ -51,6 +51,9 @@ def _tiny(**fields):
 
 # (overrides, regex of the one error line); each checked by `test_refused`.
 REFUSED = {
+    "features_unknown": (["--config.eval.features=h+s5_2x2"],
+                         r"eval\.features='h\+s5_2x2': expected names of h, head1, s4_2x2, "
+                         r"s3_2x2 joined by '\+', each once"),
     "temperature_0": (["--config.loss.temperature=0"],
                       r"loss\.temperature=0\.0: expected a finite number > 0"),
     "temperature_negative": (["--config.loss.temperature=-1"],

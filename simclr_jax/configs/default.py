@@ -165,6 +165,10 @@ def get_config(arg=None):
   # logistic: scikit-learn lbfgs (exact) | logistic_jax: the same objective by optax L-BFGS on
   # the device (seconds on wide features) | head: optax-trained linear/MLP head (blog recipe)
   c.eval.probes = ("logistic",)
+  # What the probe reads (simclr_jax/readout.py): 'h' (the encoder output), or parts joined by
+  # '+': head1 (the projection head's first layer), s4_2x2 / s3_2x2 (the last two stages'
+  # maps average-pooled over a 2x2 grid). README § Results has what each is worth on CIFAR-10.
+  c.eval.features = "h"
   # Evaluation during pretraining (simclr_jax/monitor.py), written to TensorBoard as eval/*:
   # a kNN classifier of h (cosine similarity; train split as the bank) and, with
   # model.online_head, the online head's accuracy and loss, on `monitor_split`.
